@@ -1,0 +1,1 @@
+"""Curation: the catalog (SQL), lyric filters, the review queue and the Parquet snapshots."""

@@ -1,0 +1,11 @@
+"""The catalog: SQL tables of the pipeline's mutable truth, with Alembic migrations."""
+
+from curation.catalog.db import current_revision, engine_for, session_scope, upgrade
+from curation.catalog.models import (
+    Base, CrawlUrl, Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, Source,
+)
+
+__all__ = [
+    "Base", "CrawlUrl", "Image", "LyricCandidate", "Post", "ReviewEvent", "ReviewItem", "SnapshotRecord",
+    "Song", "Source", "current_revision", "engine_for", "session_scope", "upgrade",
+]

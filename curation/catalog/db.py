@@ -1,0 +1,83 @@
+"""Connecting to the catalog and migrating it (SQLite by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@lru_cache(maxsize=8)
+def engine_for(db_url: str) -> Engine:
+    """One engine per URL and process. SQLite gets WAL, a busy timeout and foreign keys."""
+    if db_url.startswith("sqlite"):
+        path = db_url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(db_url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
+            # Let SQLAlchemy, not the driver, open transactions, so BEGIN IMMEDIATE is ours to issue.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection):  # noqa: ANN001
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get("immediate") else "BEGIN")
+
+        return engine
+    return create_engine(db_url, pool_pre_ping=True)
+
+
+@contextmanager
+def session_scope(db_url: str) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    session = sessionmaker(engine_for(db_url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _alembic_config(db_url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(db_url: str, revision: str = "head") -> str:
+    """Create or upgrade the catalog to ``revision``; returns the revision it is at."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(db_url), revision)
+    return current_revision(db_url)
+
+
+def current_revision(db_url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine_for(db_url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def table_names(db_url: str) -> list[str]:
+    return sorted(inspect(engine_for(db_url)).get_table_names())

@@ -1,0 +1,167 @@
+"""The catalog's tables: the mutable truth of the pipeline (SQLAlchemy 2 declarative models).
+
+Schema changes go through an Alembic migration in ``migrations/versions``; a test checks that the
+migrations and these models agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON}
+
+
+class Source(Base):
+    """A place posts come from: a sharing site, a feed, a file import."""
+
+    __tablename__ = "sources"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    base_url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CrawlUrl(Base):
+    """Crawl state: the frontier and every URL seen, with its last outcome."""
+
+    __tablename__ = "crawl_urls"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    kind: Mapped[str] = mapped_column(String(20))  # list | post | image
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | disallowed
+    http_status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(String(400))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(default=0)
+    fetched_at: Mapped[datetime | None]
+    __table_args__ = (
+        UniqueConstraint("source_id", "url", name="uq_crawl_urls_source_url"),
+        Index("ix_crawl_urls_status", "source_id", "status"),
+    )
+
+
+class Song(Base):
+    __tablename__ = "songs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    norm_key: Mapped[str] = mapped_column(String(600), unique=True)  # normalized "title|artist"
+    title: Mapped[str] = mapped_column(Text)
+    artist: Mapped[str] = mapped_column(Text)
+    album: Mapped[str | None] = mapped_column(Text)
+    duration: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    candidates: Mapped[list["LyricCandidate"]] = relationship(back_populates="song")
+
+
+class Image(Base):
+    """An image URL and, once fetched, its stored bytes (content-addressed by sha256)."""
+
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | error
+    error: Mapped[str | None] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    phash: Mapped[str | None] = mapped_column(String(32))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    size_bytes: Mapped[int | None]
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    fetched_at: Mapped[datetime | None]
+
+
+class Post(Base):
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(2000))
+    song_id: Mapped[int] = mapped_column(ForeignKey("songs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    mood: Mapped[str | None] = mapped_column(String(100))
+    favorite_count: Mapped[int] = mapped_column(default=0)
+    crawled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    song: Mapped[Song] = relationship()
+    image: Mapped[Image] = relationship()
+    __table_args__ = (UniqueConstraint("source_id", "external_id", name="uq_posts_source_external"),)
+
+
+class LyricCandidate(Base):
+    """A lyric fetched for a song, with how it was matched and the filters' verdict and reason."""
+
+    __tablename__ = "lyric_candidates"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    song_id: Mapped[int] = mapped_column(ForeignKey("songs.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(60))
+    provider_track_id: Mapped[str | None] = mapped_column(String(100))
+    text: Mapped[str | None] = mapped_column(Text)  # original text, as curators see it
+    instrumental: Mapped[bool] = mapped_column(Boolean, default=False)
+    match_score: Mapped[float] = mapped_column(Float, default=0.0)
+    match_reason: Mapped[str | None] = mapped_column(Text)
+    verdict: Mapped[str] = mapped_column(String(20), default="pending")  # pending | approved | rejected | review
+    reason: Mapped[str | None] = mapped_column(Text)
+    scores: Mapped[dict] = mapped_column(default=dict)
+    decided_by: Mapped[str | None] = mapped_column(String(100))  # "filters" or a curator
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    song: Mapped[Song] = relationship(back_populates="candidates")
+    __table_args__ = (UniqueConstraint("song_id", "provider", name="uq_lyric_candidates_song_provider"),)
+
+
+class ReviewItem(Base):
+    """A lyric the filters could not decide, waiting for a curator (claimed through a lease)."""
+
+    __tablename__ = "review_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("lyric_candidates.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending | leased | decided
+    priority: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    decision: Mapped[str | None] = mapped_column(String(40))
+    corrected_text: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(100))
+    decided_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    candidate: Mapped[LyricCandidate] = relationship()
+    __table_args__ = (Index("ix_review_items_queue", "state", "priority"),)
+
+
+class ReviewEvent(Base):
+    """Append-only audit log of review actions: who, what, when, before and after."""
+
+    __tablename__ = "review_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    before: Mapped[dict | None] = mapped_column(JSON)
+    after: Mapped[dict | None] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SnapshotRecord(Base):
+    """A published snapshot: where it is and what it holds."""
+
+    __tablename__ = "snapshots"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(100), unique=True)
+    uri: Mapped[str] = mapped_column(Text)
+    recipe: Mapped[dict] = mapped_column(default=dict)
+    counts: Mapped[dict] = mapped_column(default=dict)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

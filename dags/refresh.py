@@ -1,0 +1,70 @@
+"""refresh: crawl → images → lyrics → filter → enqueue review → snapshot (emits the snapshot Asset).
+
+Wiring only: each task calls one stage of image2song.stages; heavy imports happen inside the stages.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import Param, dag, get_current_context, task
+
+from image2song.assets import SNAPSHOT
+from image2song import stages
+from image2song.settings import Settings
+
+_schedule = Settings.from_env().refresh_schedule
+
+
+@dag(
+    dag_id="refresh",
+    schedule=None if _schedule == "none" else _schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["image2song"],
+    params={
+        "max_pages": Param(None, type=["null", "integer"], minimum=1, description="list pages to walk (all when empty)"),
+        "test_songs": Param(100, type="integer", minimum=1, description="split A: songs held out for test"),
+    },
+    doc_md=__doc__,
+)
+def refresh():
+    @task
+    def migrate_catalog() -> dict:
+        return stages.migrate(Settings.from_env())
+
+    @task
+    def crawl_posts(params: dict | None = None) -> dict:
+        return stages.crawl(Settings.from_env(), max_pages=params["max_pages"])
+
+    @task
+    def fetch_images() -> dict:
+        return stages.fetch_images(Settings.from_env())
+
+    @task
+    def fetch_lyrics() -> dict:
+        return stages.fetch_lyrics(Settings.from_env())
+
+    @task
+    def filter_lyrics() -> dict:
+        return stages.filter_lyrics(Settings.from_env())
+
+    @task
+    def enqueue_review() -> dict:
+        return stages.enqueue_review(Settings.from_env())
+
+    @task(outlets=[SNAPSHOT])
+    def build_snapshot(params: dict | None = None) -> dict:
+        result = stages.build_snapshot(Settings.from_env(), test_songs=params["test_songs"])
+        if not result["published"]:
+            # A skipped task emits no Asset event, so an unchanged snapshot does not retrain.
+            raise AirflowSkipException(f"approved data unchanged since snapshot {result['version']}")
+        get_current_context()["outlet_events"][SNAPSHOT].extra = {
+            "version": result["version"], "path": result["path"], "counts": result["counts"]}
+        return result
+
+    (migrate_catalog() >> crawl_posts() >> fetch_images() >> fetch_lyrics() >> filter_lyrics()
+     >> enqueue_review() >> build_snapshot())
+
+
+refresh()

@@ -1,0 +1,5 @@
+import sys
+
+from image2song.cli import main
+
+sys.exit(main())

@@ -1,0 +1,221 @@
+"""The `image2song` command: one subcommand per stage, plus the demo, the catalog and Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from image2song import __version__, stages
+from image2song.settings import Settings
+
+EPILOG = """Settings come from IMAGE2SONG_* environment variables (see `image2song/settings.py`);
+the defaults run everything on this machine: SQLite catalog and Airflow under ./state, the demo world
+on loopback. Start with `image2song demo`."""
+
+
+def _show(result) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_demo(args, settings: Settings) -> int:
+    from image2song.demo.run import run_demo, serve_demo
+
+    if args.serve:
+        return serve_demo(settings, n_posts=args.posts)
+    return run_demo(settings, n_posts=args.posts, test_songs=args.test_songs, fresh=args.fresh)
+
+
+def cmd_crawl(args, settings: Settings) -> int:
+    if args.what in ("posts", "all"):
+        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers)})
+    if args.what in ("images", "all"):
+        _show({"images": stages.fetch_images(settings, workers=args.workers)})
+    return 0
+
+
+def cmd_lyrics(args, settings: Settings) -> int:
+    if args.action in ("fetch", "all"):
+        _show({"fetch": stages.fetch_lyrics(settings)})
+    if args.action in ("filter", "all"):
+        _show({"filter": stages.filter_lyrics(settings), "review": stages.enqueue_review(settings)})
+    return 0
+
+
+def cmd_review(args, settings: Settings) -> int:
+    from curation import review_queue
+
+    if args.action == "list":
+        items = review_queue.pending_items(settings.db_url, limit=args.limit)
+        for item in items:
+            print(f"#{item['item']:<6} {item['title']} — {item['artist']}\n        why: {item['reason']}\n"
+                  f"        lyric: {item['text'][:100]!r}")
+        print(f"{len(items)} shown. Decide with: image2song review decide ITEM "
+              f"{{{','.join(review_queue.DECISIONS)}}}")
+    elif args.action == "decide":
+        text = sys.stdin.read() if args.decision == "edit" and args.text == "-" else args.text
+        _show(review_queue.decide(settings.db_url, args.item, args.decision, args.curator, text))
+    return 0
+
+
+def cmd_snapshot(args, settings: Settings) -> int:
+    from curation import snapshots
+
+    if args.action == "build":
+        _show(stages.build_snapshot(settings, test_songs=args.test_songs, min_posts=args.min_posts,
+                                    posts_per_song=args.posts_per_song))
+    elif args.action == "list":
+        for snap in snapshots.list_snapshots(settings.db_url):
+            print(f"{snap['version']}  {snap['counts'].get('triplets', 0):>6} triplets  "
+                  f"{snap['counts'].get('songs', 0):>5} songs  {snap['path']}")
+    elif args.action == "show":
+        path = stages.resolve_snapshot(settings, args.version)
+        print(open(f"{path}/manifest.json").read())
+    return 0
+
+
+def cmd_tags(args, settings: Settings) -> int:
+    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot)))
+    return 0
+
+
+def cmd_train(args, settings: Settings) -> int:
+    snapshot = stages.resolve_snapshot(settings, args.snapshot)
+    tags = stages.extract_tags(settings, snapshot)
+    _show(stages.train(settings, snapshot, tags["tags_path"], split=args.split, epochs=args.epochs,
+                       attention=args.attention))
+    return 0
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    snapshot = stages.resolve_snapshot(settings, args.snapshot)
+    tags = stages.extract_tags(settings, snapshot)
+    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
+    result = stages.evaluate(settings, model_dir, snapshot, tags["tags_path"])
+    print(stages.report(settings, [result], snapshot)["table"])
+    return 0
+
+
+def cmd_search(args, settings: Settings) -> int:
+    from modeling.retrieval import search_songs
+
+    snapshot = stages.resolve_snapshot(settings, args.snapshot)
+    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
+    for rank, hit in enumerate(search_songs(model_dir, snapshot, args.image, top_k=args.top), 1):
+        print(f"{rank:>3}. {hit['score']:+.3f}  {hit['title']} — {hit['artist']}")
+    return 0
+
+
+def cmd_db(args, settings: Settings) -> int:
+    from curation.catalog import current_revision
+
+    if args.action == "upgrade":
+        _show(stages.migrate(settings))
+    else:
+        print(current_revision(settings.db_url) or "empty (run `image2song db upgrade`)")
+    return 0
+
+
+def cmd_airflow(args, settings: Settings) -> int:
+    from image2song.airflow_env import airflow_command
+
+    if args.airflow_args[:1] == ["ui"]:
+        from image2song.demo.run import serve_airflow_ui
+
+        return serve_airflow_ui(settings)
+    return airflow_command(settings, args.airflow_args, check=False).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="image2song", description="Find songs for images: crawl image-song posts, curate lyrics, "
+        "publish Parquet snapshots, tag images, train and evaluate retrieval (after Image2song, ICCV 2017).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"image2song {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_text, description=None):
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("demo", cmd_demo, "run the whole pipeline on the demo world with Airflow, end to end",
+            "Build the demo corpus (real Debian texts and images), serve the demo sharing site and lyric "
+            "API on loopback, run the refresh and train DAGs under a real Airflow scheduler, and print "
+            "where the snapshot, model and report are, with a results table.")
+    p.add_argument("--posts", type=int, default=3000, help="posts in the demo corpus (default 3000)")
+    p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
+    p.add_argument("--fresh", action="store_true", help="start from an empty state folder")
+    p.add_argument("--serve", action="store_true", help="only serve the demo site and lyric API until Ctrl-C")
+
+    p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
+    p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all")
+    p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent fetches (default 8)")
+
+    p = add("lyrics", cmd_lyrics, "fetch lyrics for new songs, then filter them (and queue the uncertain)")
+    p.add_argument("action", nargs="?", choices=["fetch", "filter", "all"], default="all")
+
+    p = add("review", cmd_review, "work the review queue from the terminal")
+    p.add_argument("action", choices=["list", "decide"])
+    p.add_argument("item", nargs="?", type=int, help="review item (for decide)")
+    p.add_argument("decision", nargs="?", help="accept | edit | reject-non-english | reject-not-found | "
+                   "reject-instrumental | reject-other")
+    p.add_argument("--text", help="the corrected lyric for `edit` (- reads standard input)")
+    p.add_argument("--curator", default="cli", help="who decides (recorded in the audit log)")
+    p.add_argument("--limit", type=int, default=20)
+
+    p = add("snapshot", cmd_snapshot, "build, list or show versioned Parquet snapshots")
+    p.add_argument("action", choices=["build", "list", "show"])
+    p.add_argument("version", nargs="?", help="snapshot version or folder (show; default latest)")
+    p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
+    p.add_argument("--min-posts", type=int, default=5, help="keep songs with at least this many posts")
+    p.add_argument("--posts-per-song", type=int, default=5, help="posts kept per song, by favorites")
+
+    p = add("tags", cmd_tags, "tag a snapshot's images with the packaged EfficientNet-Lite0 (ImageNet classes)")
+    p.add_argument("--snapshot", help="version or folder (default latest)")
+
+    for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
+                             ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):
+        p = add(name, func, text)
+        p.add_argument("--snapshot", help="version or folder (default latest)")
+        p.add_argument("--split", choices=["a", "b"], default="a", help="the paper's split A or B (default a)")
+        if name == "train":
+            p.add_argument("--epochs", type=int, default=5)
+            p.add_argument("--attention", action="store_true", help="use the paper's tag attention")
+        else:
+            p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+
+    p = add("search", cmd_search, "find songs for an image with a trained model")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--split", choices=["a", "b"], default="b")
+    p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p.add_argument("--top", type=int, default=10)
+
+    p = add("db", cmd_db, "create or upgrade the catalog (SQLite by default, IMAGE2SONG_DB_URL for PostgreSQL)")
+    p.add_argument("action", choices=["upgrade", "current"])
+
+    p = add("airflow", cmd_airflow, "run Airflow with the project's configuration (`image2song airflow ui` "
+            "starts the web UI, scheduler and the demo world)")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments for the `airflow` command, or `ui`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args, Settings.from_env())
+    except (LookupError, FileNotFoundError, ValueError) as error:
+        print(f"image2song: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
