@@ -97,22 +97,18 @@ class PoliteClient:
         parts = urlsplit(url)
         host = f"{parts.scheme}://{parts.netloc}"
         with self._robots_lock:
-            robots = self._robots.get(host)
-            if robots is None:
-                robots = self._load_robots(host)
-                self._robots[host] = robots
-        return robots.can_fetch(self.user_agent, url)
+            if host not in self._robots:
+                self._robots[host] = self._load_robots(host)
+            return self._robots[host].can_fetch(self.user_agent, url)
 
     def _load_robots(self, host: str) -> RobotFileParser:
         robots = RobotFileParser(host + "/robots.txt")
         try:
             response = self._session.get(host + "/robots.txt", timeout=self.timeout)
         except requests.RequestException as error:
-            # Unreachable robots.txt: be conservative and fetch nothing from this host for now.
-            log.warning("robots.txt of %s unreachable (%s); treating the host as disallowed", host, error)
-            robots.parse(["User-agent: *", "Disallow: /"])
-            return robots
-        if response.status_code >= 500:
+            # Nothing is fetched from a host whose robots.txt we could not read; the error says why.
+            raise FetchError(host + "/robots.txt", f"host unreachable: {type(error).__name__}") from error
+        if response.status_code >= 500:  # a server error: assume everything is disallowed for now
             robots.parse(["User-agent: *", "Disallow: /"])
         elif response.status_code >= 400:
             robots.parse([])  # no robots.txt: everything allowed

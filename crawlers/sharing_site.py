@@ -99,8 +99,10 @@ def discover(client: PoliteClient, state: CrawlState, start_url: str, *, max_pag
             state.record(url, "disallowed")
             break
         except (FetchError, ParseError) as error:
-            log.warning("list page failed: %s", error)
             state.record(url, "error", error=str(error))
+            if pages == 0:  # not even the first page: the site is down or has changed
+                raise
+            log.warning("list page failed, the walk stops here: %s", error)
             break
         new += state.add("post", links)
         pages += 1

@@ -4,6 +4,7 @@ server (scheduler, dag-processor, api-server, triggerer) and the REST calls the 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,12 +21,22 @@ def airflow_environment(settings: Settings, port: int | None = None) -> dict[str
     """os.environ plus what Airflow and our tasks need; the user never exports anything by hand."""
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env()}
+    # Airflow's components must share one signing secret; a secret per state folder, made once.
+    secret_file = settings.airflow_home / "secret_key"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_urlsafe(32))
+        secret_file.chmod(0o600)
+    secret = secret_file.read_text().strip()
+    env.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secret)
+    env.setdefault("AIRFLOW__API__SECRET_KEY", secret)
     env.update({
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW_CONFIG": os.environ.get("AIRFLOW_CONFIG", str(PROJECT_ROOT / "airflow.cfg")),
         "IMAGE2SONG_ROOT": str(PROJECT_ROOT),
         "IMAGE2SONG_AIRFLOW_PORT": str(port or os.environ.get("IMAGE2SONG_AIRFLOW_PORT", DEFAULT_PORT)),
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        # `airflow standalone` starts its components by name: they must be this environment's.
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
     })
     return env
 

@@ -212,3 +212,13 @@ def test_lrclib_client_refuses_non_json(http_server):
     routes["/api/get"] = lambda h: h.reply(200, b"<html>maintenance</html>", "text/html")
     with pytest.raises(FetchError, match="not JSON"):
         LrclibProvider(base, client()).find("a", "b")
+
+
+def test_unreachable_host_is_an_error_not_an_empty_crawl():
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(FetchError, match="unreachable"):
+        client(connect_timeout=0.5).get(f"http://127.0.0.1:{port}/posts")
