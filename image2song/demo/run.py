@@ -34,7 +34,7 @@ def ensure_corpus(settings: Settings, n_posts: int) -> None:
     if marker.exists():
         return
     _say(f"building the demo corpus ({n_posts} posts) in {settings.demo_corpus} …")
-    print(build_corpus(settings.demo_corpus, seed=settings.seed, n_posts=n_posts), flush=True)
+    build_corpus(settings.demo_corpus, seed=settings.seed, n_posts=n_posts)
 
 
 @contextmanager
