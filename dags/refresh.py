@@ -60,7 +60,8 @@ def refresh():
             # A skipped task emits no Asset event, so an unchanged snapshot does not retrain.
             raise AirflowSkipException(f"approved data unchanged since snapshot {result['version']}")
         get_current_context()["outlet_events"][SNAPSHOT].extra = {
-            "version": result["version"], "path": result["path"], "counts": result["counts"]}
+            "version": result["version"], "path": result["path"], "counts": result["counts"],
+            "datasheet": result["datasheet"]}
         return result
 
     (migrate_catalog() >> crawl_posts() >> fetch_images() >> fetch_lyrics() >> filter_lyrics()

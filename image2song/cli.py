@@ -54,24 +54,103 @@ def cmd_review(args, settings: Settings) -> int:
         print(f"{len(items)} shown. Decide with: image2song review decide ITEM "
               f"{{{','.join(review_queue.DECISIONS)}}}")
     elif args.action == "decide":
+        if args.item is None or args.decision is None:
+            raise ValueError("usage: image2song review decide ITEM DECISION [--text …]")
         text = sys.stdin.read() if args.decision == "edit" and args.text == "-" else args.text
-        _show(review_queue.decide(settings.db_url, args.item, args.decision, args.curator, text))
+        _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text))
+    elif args.action in ("add-curator", "disable-curator", "curators"):
+        from curation.review_app import users
+
+        if args.action == "curators":
+            for user in users.list_curators(settings.db_url):
+                print(f"{user['name']:<24} {user['role']:<8} {'active' if user['active'] else 'disabled'}")
+        elif args.action == "disable-curator":
+            users.set_active(settings.db_url, _curator_name(args), False)
+            print(f"disabled {args.item}")
+        else:
+            import getpass
+
+            name = _curator_name(args)
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass(f"password for {name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise ValueError("the passwords differ")
+            _show(users.add_curator(settings.db_url, name, password, args.role, replace=args.replace))
+    elif args.action == "serve":
+        from curation.review_app import ReviewConfig, serve
+
+        on_rebuild = None
+        if args.airflow_url:
+            from image2song.airflow_env import AirflowApi
+
+            api = AirflowApi(args.airflow_url)
+            on_rebuild = lambda: api.trigger("refresh", {})  # noqa: E731
+        secret = None
+        if args.secret_file:
+            secret = open(args.secret_file, encoding="utf-8").read().strip()
+        stages.migrate(settings)
+        config = ReviewConfig(db_url=settings.db_url, object_store=settings.object_store, secret_key=secret,
+                              lease_seconds=args.lease_seconds, secure_cookies=args.secure_cookies,
+                              on_rebuild=on_rebuild, rebuild_every=args.rebuild_every)
+        print(f"review app on http://{args.host}:{args.port}/ (add accounts with `image2song review add-curator`)")
+        serve(config, host=args.host, port=args.port)
     return 0
+
+
+def _curator_name(args) -> str:
+    if not args.item:
+        raise ValueError(f"usage: image2song review {args.action} NAME")
+    return args.item
 
 
 def cmd_snapshot(args, settings: Settings) -> int:
     from curation import snapshots
 
-    if args.action == "build":
-        _show(stages.build_snapshot(settings, test_songs=args.test_songs, min_posts=args.min_posts,
-                                    posts_per_song=args.posts_per_song))
-    elif args.action == "list":
-        for snap in snapshots.list_snapshots(settings.db_url):
-            print(f"{snap['version']}  {snap['counts'].get('triplets', 0):>6} triplets  "
-                  f"{snap['counts'].get('songs', 0):>5} songs  {snap['path']}")
-    elif args.action == "show":
-        path = stages.resolve_snapshot(settings, args.version)
-        print(open(f"{path}/manifest.json").read())
+    try:
+        if args.action == "build":
+            _show(stages.build_snapshot(settings, test_songs=args.test_songs, min_posts=args.min_posts,
+                                        posts_per_song=args.posts_per_song, test_images_per_song=args.test_images,
+                                        near_duplicate_bits=None if args.near_duplicate_bits < 0
+                                        else args.near_duplicate_bits, seed=args.seed))
+        elif args.action == "list":
+            found = snapshots.list_snapshots(settings.db_url)
+            if not found:
+                print("no snapshot yet: run `image2song snapshot build`")
+            for snap in found:
+                c = snap["counts"]
+                print(f"{snap['version']}  {c.get('triplets', 0):>8,} triplets  {c.get('songs', 0):>7,} songs  "
+                      f"A test {c.get('split_a_test', 0):>6,}  B test {c.get('split_b_test', 0):>6,}  {snap['path']}")
+        elif args.action == "show":
+            path = stages.resolve_snapshot(settings, args.version)
+            if args.json:
+                from curation.snapshot_reader import read_manifest
+
+                _show(read_manifest(path))
+            else:
+                _show(snapshots.show_snapshot(path))
+        elif args.action == "diff":
+            if not args.version or not args.other:
+                print("image2song: snapshot diff needs two snapshots: diff A B", file=sys.stderr)
+                return 2
+            diff = snapshots.diff_snapshots(stages.resolve_snapshot(settings, args.version),
+                                            stages.resolve_snapshot(settings, args.other))
+            if args.json:
+                _show(diff)
+                return 0
+            print(f"{diff['old']} -> {diff['new']}")
+            print(f"{'split':<14}{'old':>9}{'new':>9}{'added':>9}{'removed':>9}")
+            for name, row in diff["splits"].items():
+                print(f"{name:<14}{row['old']:>9,}{row['new']:>9,}{row['added']:>9,}{row['removed']:>9,}")
+            s = diff["songs"]
+            print(f"songs: {s['old']:,} -> {s['new']:,}, gained {s['gained']:,}, lost {s['lost']:,}")
+            for label, ids in (("gained", s["gained_ids"]), ("lost", s["lost_ids"])):
+                if ids:
+                    print(f"  {label}: {' '.join(ids)}{' …' if len(ids) < s[label] else ''}")
+    except snapshots.SnapshotError as error:
+        print(f"image2song: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -158,21 +237,44 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lyrics", cmd_lyrics, "fetch lyrics for new songs, then filter them (and queue the uncertain)")
     p.add_argument("action", nargs="?", choices=["fetch", "filter", "all"], default="all")
 
-    p = add("review", cmd_review, "work the review queue from the terminal")
-    p.add_argument("action", choices=["list", "decide"])
-    p.add_argument("item", nargs="?", type=int, help="review item (for decide)")
+    p = add("review", cmd_review, "work the review queue: the web app for curators, or the terminal",
+            "`serve` starts the curators' web app on 127.0.0.1; `add-curator NAME` creates an account "
+            "(`--role admin` for progress, agreement, audit log, export and snapshot rebuilds); `list` and "
+            "`decide` work the queue from the terminal.")
+    p.add_argument("action", choices=["list", "decide", "serve", "add-curator", "disable-curator", "curators"])
+    p.add_argument("item", nargs="?", help="review item (decide) or curator name (add-curator, disable-curator)")
     p.add_argument("decision", nargs="?", help="accept | edit | reject-non-english | reject-not-found | "
                    "reject-instrumental | reject-other")
     p.add_argument("--text", help="the corrected lyric for `edit` (- reads standard input)")
     p.add_argument("--curator", default="cli", help="who decides (recorded in the audit log)")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--role", choices=["curator", "admin"], default="curator", help="add-curator: the role")
+    p.add_argument("--replace", action="store_true", help="add-curator: set a new password/role for an existing one")
+    p.add_argument("--password-stdin", action="store_true", help="add-curator: read the password from standard input")
+    p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8070, help="serve: port (default 8070)")
+    p.add_argument("--lease-seconds", type=int, default=600, help="serve: how long a claimed item stays yours")
+    p.add_argument("--airflow-url", help="serve: Airflow API server for snapshot rebuilds, e.g. http://127.0.0.1:8080")
+    p.add_argument("--rebuild-every", type=int, help="serve: trigger a rebuild after this many new decisions")
+    p.add_argument("--secret-file", help="serve: file holding the session signing key (default: random per start)")
+    p.add_argument("--secure-cookies", action="store_true", help="serve: HTTPS-only cookies (behind a TLS proxy)")
 
-    p = add("snapshot", cmd_snapshot, "build, list or show versioned Parquet snapshots")
-    p.add_argument("action", choices=["build", "list", "show"])
-    p.add_argument("version", nargs="?", help="snapshot version or folder (show; default latest)")
+    p = add("snapshot", cmd_snapshot, "build, list, show or compare versioned Parquet snapshots",
+            "build: select approved posts after the recipe (default: the paper's protocol), check for leakage, "
+            "publish Parquet + manifest + datasheet. list: published snapshots. show [V]: a snapshot's headline "
+            "(default latest; --json for the whole manifest). diff A B: rows added/removed per split, songs "
+            "gained/lost.")
+    p.add_argument("action", choices=["build", "list", "show", "diff"])
+    p.add_argument("version", nargs="?", help="snapshot version or folder (show; default latest; diff: the old one)")
+    p.add_argument("other", nargs="?", help="diff: the new snapshot (version or folder)")
     p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
     p.add_argument("--min-posts", type=int, default=5, help="keep songs with at least this many posts")
     p.add_argument("--posts-per-song", type=int, default=5, help="posts kept per song, by favorites")
+    p.add_argument("--test-images", type=int, default=1, help="split B: images held out per song (default 1)")
+    p.add_argument("--near-duplicate-bits", type=int, default=4,
+                   help="perceptual-hash distance (of 64 bits) that counts as the same image; -1: exact only")
+    p.add_argument("--seed", type=int, default=None, help="membership seed (default IMAGE2SONG_SEED)")
+    p.add_argument("--json", action="store_true", help="show/diff: print JSON")
 
     p = add("tags", cmd_tags, "tag a snapshot's images with the packaged EfficientNet-Lite0 (ImageNet classes)")
     p.add_argument("--snapshot", help="version or folder (default latest)")

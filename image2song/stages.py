@@ -74,40 +74,61 @@ def fetch_images(settings: Settings, *, workers: int = 8) -> dict:
     return {"stored": stored, "failed": failed}
 
 
-def fetch_lyrics(settings: Settings, *, workers: int = 4) -> dict:
-    """Ask the lyric provider for every song without a candidate yet."""
+def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True) -> dict:
+    """Ask the lyric provider for every song without a candidate yet; answers are cached in the catalog
+    (keyed by the normalized title, artist and duration), so a re-run asks the provider nothing twice."""
     from tqdm import tqdm
 
-    from crawlers.http import FetchError
-    from crawlers.lyrics import LrclibProvider
+    from crawlers.http import Disallowed, FetchError
+    from crawlers.lyrics import CachedProvider, LrclibProvider
     from curation.crawl_store import songs_without_lyrics, store_lyric
+    from curation.lyric_cache import CatalogLyricCache
 
-    provider = LrclibProvider(settings.lyrics_url, _client(settings))
+    provider = provider or LrclibProvider(settings.lyrics_url, _client(settings))
+    if cache:
+        provider = CachedProvider(provider, CatalogLyricCache(settings.db_url))
     songs = songs_without_lyrics(settings.db_url, provider.name)
 
-    def one(song: dict):
+    def one(song: dict):  # in a worker: reads only; the catalog is written from this thread below
         try:
-            return song, provider.find(song["title"], song["artist"], song["album"], song["duration"]), None
-        except FetchError as error:
-            return song, None, str(error)
+            if cache:
+                hit, cached = provider.lookup(song["title"], song["artist"], song["album"], song["duration"])
+            else:
+                hit, cached = provider.find(song["title"], song["artist"], song["album"], song["duration"]), True
+            return song, hit, cached, None
+        except (FetchError, Disallowed) as error:
+            return song, None, False, f"{type(error).__name__}: {error}"
 
     found = missing = errors = 0
     with ThreadPoolExecutor(workers) as pool:
-        for song, hit, error in tqdm(pool.map(one, songs), total=len(songs), desc="lyrics", unit="song", mininterval=2):
+        for song, hit, cached, error in tqdm(pool.map(one, songs), total=len(songs), desc="lyrics", unit="song",
+                                             mininterval=2):
             if error:  # not an answer: ask again next run
                 errors += 1
                 log.warning("lyrics for %r: %s", song["title"], error)
                 continue
+            if not cached:
+                provider.remember(song["title"], song["artist"], song["duration"], hit)
             store_lyric(settings.db_url, song["id"], provider.name, hit)
             found, missing = found + (hit is not None), missing + (hit is None)
-    return {"songs": len(songs), "found": found, "not_found": missing, "errors": errors}
+    counts = {"songs": len(songs), "found": found, "not_found": missing, "errors": errors}
+    if cache:
+        counts.update(cache_hits=provider.hits, cache_misses=provider.misses)
+    log.info("lyrics fetched: %s", counts)
+    return counts
 
 
-def filter_lyrics(settings: Settings) -> dict:
-    from curation.lyric_filters import filter_pending
+def filter_lyrics(settings: Settings, config=None) -> dict:
+    """Judge every pending lyric candidate (``curation.lyric_filters.FilterConfig`` holds the thresholds);
+    returns and logs the run's counts: judged, approved, rejected, review, and per reason kind."""
+    from curation.lyric_filters import FilterConfig, filter_pending
 
-    counts = filter_pending(settings.db_url)
-    log.info("lyric verdicts: %s", counts)
+    counts = filter_pending(settings.db_url, config or FilterConfig())
+    log.info("lyric verdicts: %d judged, %d approved, %d rejected (%s), %d sent to review (%s)",
+             counts["judged"], counts["approved"], counts["rejected"],
+             ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in counts.items() if k.startswith("rejected:")) or "none",
+             counts["review"],
+             ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in counts.items() if k.startswith("review:")) or "none")
     return counts
 
 
@@ -118,10 +139,14 @@ def enqueue_review(settings: Settings) -> dict:
 
 
 def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int = 5,
-                   posts_per_song: int = 5) -> dict:
+                   posts_per_song: int = 5, test_images_per_song: int = 1,
+                   near_duplicate_bits: int | None = 4, seed: int | None = None) -> dict:
+    """Publish a snapshot after the recipe (default: the paper's protocol); unchanged data publish nothing."""
     from curation.snapshots import Recipe, build_snapshot as build
 
-    recipe = Recipe(min_posts=min_posts, posts_per_song=posts_per_song, test_songs=test_songs, seed=settings.seed)
+    recipe = Recipe(min_posts=min_posts, posts_per_song=posts_per_song, test_songs=test_songs,
+                    test_images_per_song=test_images_per_song, near_duplicate_bits=near_duplicate_bits,
+                    seed=settings.seed if seed is None else seed)
     return build(settings.db_url, settings.snapshots, recipe)
 
 
@@ -155,14 +180,19 @@ def evaluate(settings: Settings, model_dir: str, snapshot_path: str, tags_path: 
 
 
 def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
-    """A snapshot folder: the one named (a version or a path), else the latest published."""
+    """A snapshot: the one named (a version, a folder or an fsspec URL), else the latest published."""
     from curation.snapshots import latest_snapshot
 
     if snapshot:
-        path = Path(snapshot) if Path(snapshot).is_dir() else settings.snapshots / snapshot
-        if not (path / "manifest.json").exists():
-            raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for {path}/manifest.json)")
-        return str(path)
+        import fsspec
+
+        candidates = [snapshot] if "://" in snapshot or Path(snapshot).is_dir() else []
+        candidates.append(f"{str(settings.snapshots).rstrip('/')}/{snapshot}")
+        for candidate in candidates:
+            fs, root = fsspec.core.url_to_fs(candidate)
+            if fs.exists(f"{root.rstrip('/')}/manifest.json"):
+                return str(Path(root)) if "://" not in candidate else candidate
+        raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for manifest.json in {', '.join(candidates)})")
     latest = latest_snapshot(settings.db_url)
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")

@@ -116,8 +116,22 @@ class LyricCandidate(Base):
     scores: Mapped[dict] = mapped_column(default=dict)
     decided_by: Mapped[str | None] = mapped_column(String(100))  # "filters" or a curator
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    text_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # lyric_text.text_hash: duplicates
     song: Mapped[Song] = relationship(back_populates="candidates")
     __table_args__ = (UniqueConstraint("song_id", "provider", name="uq_lyric_candidates_song_provider"),)
+
+
+class LyricResponse(Base):
+    """A lyric provider's answer, cached by the normalized (title, artist, duration): ``hit`` is the
+    matched record (``crawlers.lyrics.LyricHit`` as a dict) or null for "none found"."""
+
+    __tablename__ = "lyric_responses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(60))
+    key: Mapped[str] = mapped_column(String(600))  # crawlers.lyrics.cache_key
+    hit: Mapped[dict | None] = mapped_column(JSON)
+    fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("provider", "key", name="uq_lyric_responses_provider_key"),)
 
 
 class ReviewItem(Base):
@@ -137,6 +151,7 @@ class ReviewItem(Base):
     decided_by: Mapped[str | None] = mapped_column(String(100))
     decided_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    overlap: Mapped[int | None]  # independent decisions wanted (null: one); see ReviewAssignment
     candidate: Mapped[LyricCandidate] = relationship()
     __table_args__ = (Index("ix_review_items_queue", "state", "priority"),)
 
@@ -152,6 +167,46 @@ class ReviewEvent(Base):
     before: Mapped[dict | None] = mapped_column(JSON)
     after: Mapped[dict | None] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- review app: curator slots (leases) and accounts ------------------------------------------
+
+class ReviewAssignment(Base):
+    """One curator's slot on a review item: ``overlap`` slots per item, each claimed through its own
+    lease (owner, token, expiry) and holding that curator's decision. The lease token is the key that
+    makes a submit idempotent; a reclaimed (expired) lease gets a new token, so a stale one cannot write."""
+
+    __tablename__ = "review_assignments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"))
+    slot: Mapped[int] = mapped_column(default=0)
+    priority: Mapped[int] = mapped_column(default=0)  # the item's, copied so a claim reads one index
+    state: Mapped[str] = mapped_column(String(20), default="open")  # open | leased | submitted | closed
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    decision: Mapped[str | None] = mapped_column(String(40))
+    corrected_text: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]
+    __table_args__ = (
+        UniqueConstraint("item_id", "slot", name="uq_review_assignments_item_slot"),
+        UniqueConstraint("lease_token", name="uq_review_assignments_token"),
+        Index("ix_review_assignments_claim", "state", "priority", "id"),
+        Index("ix_review_assignments_owner", "lease_owner", "state"),
+    )
+
+
+class Curator(Base):
+    """A review app account: argon2 password hash and a role (curator or admin)."""
+
+    __tablename__ = "curators"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20), default="curator")  # curator | admin
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SnapshotRecord(Base):

@@ -1,0 +1,25 @@
+"""Image tagging, word vectors, lyric encoder, models, training, evaluation and retrieval.
+
+Stage functions (each takes plain arguments and returns a small, loggable summary dict):
+
+- ``modeling.tagging.extract_tags``      snapshot images -> tag probabilities (Parquet)
+- ``modeling.training.train``            snapshot + tags -> ``model.pt`` + ``training.json``
+- ``modeling.evaluation.evaluate``       model + snapshot + tags -> ``report.json`` + ``report.md``
+- ``modeling.retrieval.search_songs``    one image file -> top-k songs
+
+Importing this package is cheap: torch and friends are imported by the submodules only, so
+nothing here should be imported by Airflow DAG files at parse time anyway.
+"""
+
+from __future__ import annotations
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,149 @@
+"""Lyric side of the model: vocabulary, tag-name embeddings, and the BiLSTM lyric encoder.
+
+Vocabulary: the words of the training songs' ``modeling_text`` that the word vectors know (unknown
+words are dropped), most frequent first; index 0 is padding. Lyrics are cut to ``max_len`` tokens.
+Embeddings are the pretrained vectors, frozen.
+
+Encoder (the paper's Sec. 4.2-4.3):
+
+- without attention: a BiLSTM; the lyric vector is its final output, i.e. the forward state after
+  the last word concatenated with the backward state after the first word (``2 * hidden``).
+- with tag attention (Tan et al. 2015, the attentive LSTM; the paper's Eqs. 8-10 are lost):
+  ``m_t = tanh(W_am h_t + W_qm q)``, ``s_t = softmax_t(w_ms . m_t)`` over the lyric's real tokens,
+  ``h~_t = s_t h_t``, with ``q`` the average word embedding of the image's top-5 tag names. The
+  paper lets the reweighted outputs "flow through the entire lyric words" and takes the final output,
+  not a pooled sum. We realise that with a second BiLSTM that reads ``n * s_t * h_t`` (``n`` = lyric
+  length, so a uniform attention leaves the scale unchanged) and whose final output is the lyric
+  vector. The lyric vector then depends on the query image: score (image, song) pairs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+PAD = "<pad>"
+DEFAULT_MAX_LEN = 200
+
+
+def tokenize(text: str | None) -> list[str]:
+    """``modeling_text`` is already lower-case tokens joined by spaces."""
+    return (text or "").lower().split()
+
+
+def tag_name_words(name: str) -> list[str]:
+    """``"golden retriever"`` -> ``["golden", "retriever"]``; ``"jack-o'-lantern"`` -> jack, o, lantern."""
+    return re.findall(r"[a-z0-9]+", name.lower())
+
+
+@dataclass
+class Vocabulary:
+    words: list[str]  # words[0] is PAD
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if not self.words or self.words[0] != PAD:
+            self.words = [PAD] + [w for w in self.words if w != PAD]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @classmethod
+    def build(cls, texts: Iterable[str], word_vectors) -> "Vocabulary":
+        counts = Counter(w for t in texts for w in tokenize(t) if w in word_vectors.key_to_index)
+        return cls([PAD] + [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))])
+
+    def encode(self, text: str, max_len: int = DEFAULT_MAX_LEN) -> list[int]:
+        """Known words' ids, unknown words dropped, at most ``max_len``; an empty result is ``[0]``."""
+        ids = [self.index[w] for w in tokenize(text) if w in self.index][:max_len]
+        return ids or [0]
+
+    def embedding_matrix(self, word_vectors) -> np.ndarray:
+        out = np.zeros((len(self.words), word_vectors.vector_size), dtype=np.float32)
+        for i, w in enumerate(self.words[1:], start=1):
+            out[i] = word_vectors[w]
+        return out
+
+
+def tag_embedding_matrix(tag_names: Sequence[str], word_vectors) -> np.ndarray:
+    """[T, D]: each tag name's mean word vector (words the vectors lack are skipped; none known -> 0)."""
+    out = np.zeros((len(tag_names), word_vectors.vector_size), dtype=np.float32)
+    for i, name in enumerate(tag_names):
+        known = [w for w in tag_name_words(name) if w in word_vectors.key_to_index]
+        if known:
+            out[i] = np.mean([word_vectors[w] for w in known], axis=0)
+    return out
+
+
+def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (tokens [B, L] long, lengths [B] long on CPU)."""
+    lengths = torch.tensor([max(1, len(s)) for s in sequences], dtype=torch.long)
+    tokens = torch.zeros(len(sequences), int(lengths.max()) if len(sequences) else 1, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if len(s):
+            tokens[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return tokens, lengths
+
+
+def _final_output(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a 1-layer BiLSTM over padded ``x`` -> (outputs [B, L, 2H] zero-padded, final [B, 2H])."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, (h_n, _) = lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return out, torch.cat([h_n[-2], h_n[-1]], dim=-1)
+
+
+class LyricEncoder(nn.Module):
+    def __init__(self, embeddings: np.ndarray | torch.Tensor, *, hidden: int = 128, attention: bool = False, attention_dim: int | None = None):
+        super().__init__()
+        emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+        self.embedding = nn.Embedding.from_pretrained(emb, freeze=True, padding_idx=0)
+        self.word_dim = emb.shape[1]
+        self.hidden = hidden
+        self.attention = attention
+        self.lstm = nn.LSTM(self.word_dim, hidden, batch_first=True, bidirectional=True)
+        if attention:
+            a = attention_dim or hidden
+            self.W_am = nn.Linear(2 * hidden, a, bias=False)
+            self.W_qm = nn.Linear(self.word_dim, a, bias=True)
+            self.w_ms = nn.Linear(a, 1, bias=False)
+            self.lstm2 = nn.LSTM(2 * hidden, hidden, batch_first=True, bidirectional=True)
+
+    @property
+    def output_dim(self) -> int:
+        return 2 * self.hidden
+
+    def context(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image."""
+        return _final_output(self.lstm, self.embedding(tokens), lengths)
+
+    def attention_weights(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """s_t [B, L]: softmax over each lyric's real tokens (padding gets exactly 0)."""
+        m = torch.tanh(self.W_am(h) + self.W_qm(q).unsqueeze(1))
+        logits = self.w_ms(m).squeeze(-1)
+        mask = torch.arange(h.shape[1], device=h.device).unsqueeze(0) < lengths.to(h.device).unsqueeze(1)
+        return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+    def attend(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reweight h_t by the tag attention and run the second BiLSTM -> (lyric vector [B, 2H], s [B, L])."""
+        s = self.attention_weights(h, lengths, q)
+        scale = lengths.to(h.device, h.dtype).unsqueeze(1)
+        _, final = _final_output(self.lstm2, h * (s * scale).unsqueeze(-1), lengths)
+        return final, s
+
+    def forward(self, tokens, lengths, q=None, return_attention: bool = False):
+        h, final = self.context(tokens, lengths)
+        s = None
+        if self.attention:
+            if q is None:
+                raise ValueError("this encoder uses tag attention: pass q, the pooled tag embedding [B, D]")
+            final, s = self.attend(h, lengths, q)
+        return (final, s) if return_attention else final

@@ -1,0 +1,423 @@
+"""Snapshots: the paper's protocol, determinism, leakage, manifest and datasheet, readers (pandas, pyarrow,
+DuckDB), storage through fsspec (local folder and a real S3-compatible server on loopback), the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select, update
+
+from catalog_factory import fill_catalog
+from curation.catalog import Image, LyricCandidate, Post, session_scope
+from curation.review_queue import decide, enqueue_reviews, pending_items
+from curation.snapshot_leakage import close_value_pairs, components, near_duplicate_pairs
+from curation.snapshot_reader import load_snapshot, read_manifest, verify_snapshot
+from curation.snapshot_recipe import assign_splits
+from curation.snapshot_store import SnapshotStore
+from curation.snapshots import (
+    Recipe, SnapshotError, build_snapshot, check_leakage, diff_snapshots, latest_snapshot, list_snapshots,
+)
+
+
+# --- the paper's protocol -----------------------------------------------------------------------
+
+def test_snapshot_follows_the_papers_protocol(db_url, tmp_path):
+    fill_catalog(db_url, songs=12, posts_per_song=6, german=(0,))
+    result = build_snapshot(db_url, tmp_path / "snaps", Recipe(test_songs=4, seed=1))
+    snap = load_snapshot(result["path"], verify=True)
+    t = snap.triplets
+    assert t["song_id"].nunique() == 11  # the German song is rejected
+    assert (t.groupby("song_id").size() == 5).all()  # 5 posts per song, not 6
+    test_a = t[t["split_a"] == "test"]
+    assert test_a["song_id"].nunique() == 4 and len(test_a) == 20
+    assert set(test_a["song_id"]).isdisjoint(t.loc[t["split_a"] == "train", "song_id"])
+    assert (t[t["split_b"] == "test"].groupby("song_id").size() == 1).all()
+    assert set(snap.songs["song_id"]) == set(t["song_id"])
+    assert result["counts"]["split_b_test"] == 11 and result["counts"]["split_a_test_songs"] == 4
+    assert len(snap.split("a", "test")) == 20 and len(snap.split("b", "train")) == 44
+
+
+def test_snapshot_keeps_the_top_favorites(db_url, tmp_path):
+    fill_catalog(db_url, songs=3, posts_per_song=7)
+    snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=1))["path"])
+    with session_scope(db_url) as session:
+        for song_id, group in snap.triplets.groupby("song_id"):
+            favorites = sorted(session.scalars(select(Post.favorite_count).where(Post.song_id == int(song_id[1:]))),
+                               reverse=True)
+            assert sorted(group["favorite_count"], reverse=True) == favorites[:5]
+
+
+def test_other_recipes_by_configuration(db_url, tmp_path):
+    fill_catalog(db_url, songs=8, posts_per_song=4, german=())
+    with pytest.raises(SnapshotError, match="at least 5 approved posts"):
+        build_snapshot(db_url, tmp_path / "s")
+    recipe = Recipe(min_posts=4, posts_per_song=3, test_songs=2, test_images_per_song=2, seed=3)
+    snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", recipe)["path"])
+    t = snap.triplets
+    assert (t.groupby("song_id").size() == 3).all() and t["song_id"].nunique() == 8
+    assert t.loc[t["split_a"] == "test", "song_id"].nunique() == 2
+    assert (t[t["split_b"] == "test"].groupby("song_id").size() == 2).all()
+    assert snap.manifest["recipe"] == recipe.to_dict() and snap.manifest["seed"] == 3
+
+
+def test_one_post_per_image(db_url, tmp_path):
+    """The same bytes posted twice count once (the post with more favorites), so they cannot leak."""
+    fill_catalog(db_url, songs=6, posts_per_song=6, german=())
+    with session_scope(db_url) as session:
+        first, second = session.execute(select(Post.image_id, Post.song_id).order_by(Post.id)
+                                        .where(Post.song_id.in_([1, 2])).limit(12)).all()[0::6]
+        sha = session.scalar(select(Image.sha256).where(Image.id == first.image_id))
+        session.execute(update(Image).where(Image.id == second.image_id).values(sha256=sha))
+    t = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=2))["path"]).triplets
+    assert t["image_sha256"].is_unique
+
+
+# --- determinism and publishing ------------------------------------------------------------------
+
+def test_rebuild_from_an_unchanged_catalog_is_identical(db_url, tmp_path):
+    fill_catalog(db_url)
+    first = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=7))
+    again = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=7))
+    assert again["published"] is False and again["version"] == first["version"]
+    other_root = build_snapshot(db_url, tmp_path / "elsewhere", Recipe(test_songs=3, seed=7))
+    assert other_root["published"] is False  # unchanged: the catalog's latest is still the first
+    fresh = tmp_path / "fresh"
+    store = SnapshotStore(fresh)
+    # Build again into a new root as if no snapshot existed: the same files, byte for byte.
+    with session_scope(db_url) as session:
+        from curation.catalog import SnapshotRecord
+
+        session.query(SnapshotRecord).delete()
+    rebuilt = build_snapshot(db_url, fresh, Recipe(test_songs=3, seed=7))
+    assert rebuilt["published"] and rebuilt["files"] == first["files"]
+    assert store.versions() == [rebuilt["version"]]
+    a, b = load_snapshot(first["path"]).triplets, load_snapshot(rebuilt["path"]).triplets
+    pd.testing.assert_frame_equal(a[["post_id", "split_a", "split_b"]], b[["post_id", "split_a", "split_b"]])
+    reseeded = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=8))
+    assert reseeded["published"] and reseeded["files"] != first["files"]
+
+
+def test_snapshot_without_enough_songs_is_a_clear_error(db_url, tmp_path):
+    fill_catalog(db_url, songs=3, posts_per_song=2)
+    with pytest.raises(SnapshotError, match="at least 5 approved posts"):
+        build_snapshot(db_url, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_failed_build_leaves_no_half_snapshot(db_url, tmp_path, monkeypatch):
+    import curation.snapshots as snapshots
+
+    fill_catalog(db_url)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(snapshots, "_code_version", crash)
+    with pytest.raises(OSError, match="disk full"):
+        build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))
+    assert list((tmp_path / "s").iterdir()) == []
+    assert list_snapshots(db_url) == [] and latest_snapshot(db_url) is None
+
+
+# --- leakage ------------------------------------------------------------------------------------
+
+def test_multi_index_hashing_finds_exactly_the_close_pairs():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 300).astype(np.uint64)
+    flips = [np.uint64(1) << np.uint64(b) for b in range(64)]
+    close = base.copy()
+    for i in range(0, 300, 3):  # every third value gets a near twin (1 to 6 bits off)
+        for b in rng.choice(64, size=1 + i % 6, replace=False):
+            close[i] ^= flips[b]
+    values = np.unique(np.concatenate([base, close]))
+    for bits in (0, 3, 6):
+        found = {tuple(p) for p in close_value_pairs(values, None, bits).tolist()}
+        brute = {(i, j) for i, j in itertools.combinations(range(len(values)), 2)
+                 if int(values[i] ^ values[j]).bit_count() <= bits}
+        assert found == brute
+
+
+def test_near_duplicates_and_components():
+    hashes = ["ffffffffffffffff", "fffffffffffffff0", "0000000000000000", None, "ffffffffffffffff", "abc"]
+    pairs = near_duplicate_pairs(hashes, 4)
+    assert pairs.tolist() == [[0, 1], [0, 4], [1, 4]]
+    assert components(6, pairs).tolist() == [0, 0, 2, 3, 0, 5]
+
+
+def test_leakage_check_fails_on_an_image_or_a_near_duplicate_in_train_and_test():
+    rows = pd.DataFrame({"post_id": ["1", "2", "3"], "image_sha256": ["a", "b", "c"],
+                         "image_phash": ["ffffffffffffffff", "fffffffffffffff7", "0000000000000000"],
+                         "split_a": ["train", "test", "train"], "split_b": ["train", "train", "test"]})
+    with pytest.raises(SnapshotError, match=r"split_a: near-duplicate.*train post 1 ~ test post 2 \(1 bits\)"):
+        check_leakage(rows, 4)
+    assert check_leakage(rows, None)["result"].startswith("no image")
+    rows.loc[2, "image_sha256"] = "a"
+    with pytest.raises(SnapshotError, match="split_b: 1 images are in both"):
+        check_leakage(rows, None)
+
+
+def test_split_assignment_keeps_near_duplicates_on_one_side():
+    """Two songs share a near-duplicate image: split A holds them out together or not at all, and
+    split B never holds out an image that has a near duplicate."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for song in range(40):
+        for post in range(5):
+            rows.append({"post_id": song * 10 + post, "song_id": song, "image_sha256": f"{song}-{post}",
+                         "image_phash": f"{int(rng.integers(0, 2**63)):016x}"})
+    frame = pd.DataFrame(rows)
+    twin = int(frame.loc[0, "image_phash"], 16) ^ 0b101
+    frame.loc[frame["post_id"] == 71, "image_phash"] = f"{twin:016x}"  # song 7's image ~ song 0's image
+    for seed in range(12):
+        kept, notes = assign_splits(frame, Recipe(test_songs=10, seed=seed))
+        side = kept.groupby("song_id")["split_a"].first()
+        assert side[0] == side[7]
+        assert kept.loc[kept["post_id"].isin([0, 71]), "split_b"].eq("train").all()
+        assert (kept["split_a"] == "test").groupby(kept["song_id"]).first().sum() == 10
+        check_leakage(kept.assign(post_id=kept["post_id"].astype(str)), 4)
+        assert notes["near_duplicate_pairs"] == 1
+
+
+def test_build_with_near_duplicate_images_in_the_catalog(db_url, tmp_path):
+    fill_catalog(db_url, songs=10, posts_per_song=5, german=())
+    with session_scope(db_url) as session:
+        images = session.execute(select(Post.song_id, Image.id, Image.phash).join(Image, Post.image_id == Image.id)
+                                 .order_by(Post.song_id, Post.id)).all()
+        by_song = {}
+        for song, image_id, phash in images:
+            by_song.setdefault(song, []).append((image_id, phash))
+        songs = sorted(by_song)
+        # every song's first image is a near duplicate of song 1's first image: one big cluster
+        reference = int(by_song[songs[0]][0][1], 16)
+        for offset, song in enumerate(songs[1:4], 1):
+            session.execute(update(Image).where(Image.id == by_song[song][0][0])
+                            .values(phash=f"{reference ^ (1 << offset):016x}"))
+    result = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=0))
+    snap = load_snapshot(result["path"])
+    t = snap.triplets
+    cluster = {f"s{s}" for s in songs[:4]}
+    assert t.loc[t["song_id"].isin(cluster), "split_a"].nunique() == 1
+    assert snap.manifest["notes"]["near_duplicate_pairs"] == 6
+    assert snap.manifest["leakage"]["near_duplicate_bits"] == 4
+
+
+# --- manifest and datasheet ---------------------------------------------------------------------
+
+def test_manifest_records_what_the_snapshot_holds(db_url, tmp_path):
+    fill_catalog(db_url, german=(0, 1))
+    with session_scope(db_url) as session:  # one lyric goes to a curator, who accepts it
+        candidate = session.scalar(select(LyricCandidate).where(LyricCandidate.verdict == "approved").limit(1))
+        candidate.verdict, candidate.reason = "review", "uncertain match: score 0.70 < 0.80"
+    enqueue_reviews(db_url)
+    decide(db_url, pending_items(db_url)[0]["item"], "accept", "ann")
+    result = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=5))
+    path = result["path"]
+    manifest = read_manifest(path)
+    assert manifest["recipe"]["seed"] == 5 and manifest["seed"] == 5
+    assert [f["name"] for f in manifest["schema"]["triplets"]][:3] == ["post_id", "source", "external_id"]
+    assert manifest["counts"]["split_a_test"] + manifest["counts"]["split_a_train"] == manifest["counts"]["triplets"]
+    assert set(manifest["file_details"]) == {"triplets.parquet", "songs.parquet", "datasheet.md",
+                                             "song_occurrences.png"}
+    verify_snapshot(path)
+    catalog = manifest["catalog"]
+    assert catalog["lyric_verdicts"]["rejected"] == {"total": 2, "by_reason": {"non-English": 2}}
+    assert catalog["lyric_verdicts"]["approved"]["total"] == 10
+    assert len(catalog["review_decisions_included"]) == 1 and catalog["review_decisions_by_kind"] == {"accept": 1}
+    assert catalog["posts"] == 72 and catalog["pending_reviews"] == 0
+    assert manifest["code_version"].startswith("0.1.0") or manifest["code_version"].startswith("unknown")
+    assert manifest["figures"]["eligible"]["occurrences"] == {"6": 10} or \
+        manifest["figures"]["eligible"]["occurrences"] == {6: 10}
+
+
+def test_datasheet_has_table_1_and_fig_2(db_url, tmp_path):
+    from PIL import Image as PILImage
+
+    fill_catalog(db_url)
+    path = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"]
+    sheet = open(f"{path}/datasheet.md").read()
+    for section in ("## Motivation", "## Composition", "## Collection process", "## Preprocessing",
+                    "## Uses", "## Distribution", "## Maintenance"):
+        assert section in sheet
+    assert "| Triplet | Song | Available Mood | Favorite Count |" in sheet
+    assert "| 66 | 11 | 11 (16.7%) | [0, 49] |" in sheet  # all available posts
+    assert "| 5–9 | 11 | 66 |" in sheet  # Fig. 2: 11 songs occur 6 times
+    with PILImage.open(f"{path}/song_occurrences.png") as plot:
+        assert plot.format == "PNG" and plot.size[0] > 300
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def built(tmp_path):
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    return build_snapshot(url, tmp_path / "s", Recipe(test_songs=3))["path"]
+
+
+def test_pandas_reads_the_files_as_they_are(built):
+    frame = pd.read_parquet(f"{built}/triplets.parquet")
+    assert len(frame) == 55 and (frame["split_a"] == "test").sum() == 15
+    assert set(pd.read_parquet(f"{built}/songs.parquet")["song_id"]) == set(frame["song_id"])
+
+
+def test_pyarrow_dataset_reads_the_files_as_they_are(built):
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    dataset = ds.dataset(f"{built}/triplets.parquet")
+    assert dataset.count_rows() == 55
+    assert dataset.count_rows(filter=pc.field("split_b") == "test") == 11
+    metadata = pq.ParquetFile(f"{built}/triplets.parquet").metadata
+    columns = {metadata.row_group(0).column(i).path_in_schema: metadata.row_group(0).column(i)
+               for i in range(metadata.num_columns)}
+    assert columns["favorite_count"].statistics.has_min_max
+    assert "RLE_DICTIONARY" in str(columns["song_id"].encodings)
+    assert "RLE_DICTIONARY" not in str(columns["image_sha256"].encodings)
+
+
+def test_duckdb_reads_the_files_as_they_are(built):
+    import duckdb
+
+    rows = duckdb.sql(f"select split_a, count(*) from '{built}/triplets.parquet' group by split_a "
+                      "order by split_a").fetchall()
+    assert rows == [("test", 15), ("train", 40)]
+    joined = duckdb.sql(f"select count(distinct t.song_id) from '{built}/triplets.parquet' t "
+                        f"join '{built}/songs.parquet' s using (song_id)").fetchall()
+    assert joined[0][0] == 11
+
+
+# --- storage through fsspec ---------------------------------------------------------------------
+
+def test_local_fsspec_url(tmp_path):
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    result = build_snapshot(url, f"file://{tmp_path / 'store'}", Recipe(test_songs=3))
+    assert result["path"] == str(tmp_path / "store" / result["version"])
+    assert len(load_snapshot(f"file://{result['path']}").triplets) == 55
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the loopback S3 server; fsspec reaches it through AWS_* variables."""
+    import uuid
+
+    import boto3
+    import s3fs
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"snaps-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_snapshots_on_s3(tmp_path, s3):
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    root = f"{s3}/snapshots"
+    first = build_snapshot(url, root, Recipe(test_songs=3))
+    assert first["path"] == f"{root}/{first['version']}"
+    snap = load_snapshot(first["path"], verify=True)
+    assert len(snap.triplets) == 55 and len(snap.songs) == 11
+    assert SnapshotStore(root).versions() == [first["version"]]
+    assert build_snapshot(url, root, Recipe(test_songs=3))["published"] is False
+    local = build_snapshot(url, tmp_path / "local", Recipe(test_songs=3, seed=9))
+    assert diff_snapshots(first["path"], local["path"])["songs"]["lost"] == 0
+
+
+def test_failed_s3_upload_publishes_nothing(tmp_path, s3, monkeypatch):
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    root = f"{s3}/snapshots"
+    store = SnapshotStore(root)
+    calls = []
+    original = store.fs.put_file  # fsspec caches the instance: the build gets this same one
+
+    def flaky(local, remote, *args, **kwargs):
+        calls.append(remote)
+        if len(calls) == 3:
+            raise ConnectionError("connection reset")
+        return original(local, remote, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "put_file", flaky)
+    with pytest.raises(ConnectionError):
+        build_snapshot(url, root, Recipe(test_songs=3))
+    assert len(calls) == 3 and not any(c.endswith("manifest.json") for c in calls)
+    assert SnapshotStore(root).versions() == [] and list_snapshots(url) == []
+
+
+# --- diff and the CLI -----------------------------------------------------------------------------
+
+def test_diff_tells_rows_and_songs_that_changed(db_url, tmp_path):
+    fill_catalog(db_url, songs=8)
+    first = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=2))
+    fill_catalog(db_url, songs=10)  # two new songs with their posts
+    second = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=2))
+    diff = diff_snapshots(first["path"], second["path"])
+    assert diff["songs"]["gained"] == 2 and diff["songs"]["lost"] == 0
+    assert diff["triplets"] == {"old": 35, "new": 45, "added": 10, "removed": 0}
+    for part in ("train", "test"):
+        row = diff["splits"][f"split_b_{part}"]
+        assert row["new"] - row["old"] == row["added"] - row["removed"]
+    assert diff["splits"]["split_b_test"]["added"] >= 2
+
+
+def test_cli_snapshot_build_list_show_diff(tmp_path, monkeypatch, capsys):
+    from curation.catalog import upgrade
+    from image2song.cli import main
+
+    url = f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}"
+    monkeypatch.setenv("IMAGE2SONG_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("IMAGE2SONG_DB_URL", url)
+    (tmp_path / "state").mkdir()
+    upgrade(url)
+    fill_catalog(url)
+    assert main(["snapshot", "build", "--test-songs", "3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["snapshot", "build", "--test-songs", "3", "--seed", "4"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert main(["snapshot", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert first["version"] in listing and second["version"] in listing
+    assert main(["snapshot", "show"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == second["version"]
+    assert main(["snapshot", "show", first["version"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["test_songs"] == 3
+    assert main(["snapshot", "diff", first["version"], second["version"]]) == 0
+    out = capsys.readouterr().out
+    assert "split_a_test" in out and "songs: 11 -> 11, gained 0, lost 0" in out
+    assert main(["snapshot", "diff", first["version"]]) == 2
+    assert main(["snapshot", "build", "--min-posts", "50"]) == 2
+    assert "at least 50 approved posts" in capsys.readouterr().err
