@@ -1,21 +1,39 @@
-"""Image fetching and validation: content type and magic bytes, Pillow verification, a
-decompression-bomb guard, EXIF orientation, sha256 and a perceptual hash."""
+"""Image validation: declared content type and magic bytes, a decompression-bomb guard (checked on the
+header, before any pixel is decoded), a full Pillow decode (a broken or truncated file fails), EXIF
+orientation, an optional resize for storage, the sha256 of the stored bytes and a perceptual hash.
+
+JPEGs are decoded through ``Image.draft`` at the smallest scale that still serves the purpose (the
+libjpeg decoder reads every entropy-coded block at any scale, so a damaged file is still caught): the
+perceptual hash needs 64 pixels on the short side, a resize to 256 needs 256. That keeps the CPU cost per image low.
+
+The perceptual hash is imagehash's pHash (64 bits, 16 hex characters), computed here with a numpy DCT
+so worker processes need not import scipy; ``tests/test_crawlers.py`` checks it agrees with imagehash.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import imagehash
-from PIL import Image, ImageOps
+import numpy as np
+from PIL import Image
 
 from crawlers.http import FetchError, PoliteClient
 
 MAX_PIXELS = 40_000_000  # larger images are refused as possible decompression bombs
 MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png", b"GIF87a": "image/gif",
          b"GIF89a": "image/gif", b"RIFF": "image/webp"}
+FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF", "image/webp": "WEBP"}
+GENERIC_TYPES = ("application/octet-stream", "binary/octet-stream")  # object stores often say this
+ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_N = 32
+_HASH_SIDE = 64  # the short side a JPEG is decoded to for its pHash (smaller ones hash less steadily)
+_DCT = np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(_N)[None, :] + 1) / (2 * _N))  # 8×32 DCT-II rows
+Image.MAX_IMAGE_PIXELS = None  # our own guard below runs on the header, with a clear message
 
 
 class BadImage(ValueError):
@@ -23,14 +41,26 @@ class BadImage(ValueError):
 
 
 @dataclass(frozen=True)
+class ImageOptions:
+    """How images are checked and stored. ``resize``: longest side in pixels for storage (None: store
+    the bytes as they came); ``quality``: JPEG quality of a resized image."""
+
+    resize: int | None = None
+    quality: int = 90
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class FetchedImage:
     url: str
-    data: bytes
-    sha256: str
+    data: bytes  # the bytes to store (the original, or the resized re-encoding)
+    sha256: str  # of ``data``: the object store's content address
     phash: str
-    width: int
+    width: int  # upright (EXIF orientation applied), of what is stored
     height: int
-    content_type: str
+    content_type: str  # of ``data``
+    source_sha256: str | None = None  # of the downloaded bytes, when they were re-encoded
 
 
 def sniff(data: bytes) -> str | None:
@@ -40,39 +70,83 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def phash(image: Image.Image) -> str:
+    """imagehash.phash(image) (hash_size 8, highfreq_factor 4), as 16 hex characters."""
+    small = image.convert("L").resize((_N, _N), Image.Resampling.LANCZOS)
+    pixels = np.asarray(small, dtype=np.float64)
+    low = _DCT @ pixels @ _DCT.T  # the 8×8 lowest frequencies of the 2-D DCT-II (scale does not matter)
+    return np.packbits(low > np.median(low)).tobytes().hex()
+
+
+def _declared_ok(declared_type: str | None) -> bool:
+    if not declared_type:
+        return True
+    kind = declared_type.split(";")[0].strip().lower()
+    return kind.startswith("image/") or kind in GENERIC_TYPES
+
+
 def validate_image(data: bytes, *, declared_type: str | None = None, url: str = "",
-                   max_pixels: int = MAX_PIXELS) -> FetchedImage:
-    """Check that ``data`` is a real, sane image and describe it. Raises BadImage with the reason."""
+                   max_pixels: int = MAX_PIXELS, options: ImageOptions | None = None) -> FetchedImage:
+    """Check that ``data`` is a real, sane image and describe it (resized when ``options.resize``).
+    Raises BadImage with the reason."""
+    options = options or ImageOptions(max_pixels=max_pixels)
     kind = sniff(data)
     if kind is None:
         raise BadImage(f"not an image (magic bytes {data[:8]!r}, declared {declared_type!r})")
-    if declared_type and not declared_type.split(";")[0].strip().lower().startswith("image/"):
+    if not _declared_ok(declared_type):
         raise BadImage(f"declared content type {declared_type!r} is not an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                width, height = probe.size
-                if width * height > max_pixels:
-                    raise BadImage(f"{width}x{height} exceeds {max_pixels} pixels (decompression bomb guard)")
-                probe.verify()
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                phash = str(imagehash.phash(upright.convert("RGB")))
-                width, height = upright.size
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=[FORMATS[kind]]) as image:
+                width, height = image.size
+                if width * height > options.max_pixels or width > 65500 or height > 65500:
+                    raise BadImage(f"{width}x{height} exceeds {options.max_pixels} pixels "
+                                   "(decompression bomb guard)")
+                orientation = image.getexif().get(0x0112, 1) if kind in ("image/jpeg", "image/webp") else 1
+                if kind == "image/jpeg":  # decode at the smallest scale that serves (see the docstring)
+                    if options.resize:
+                        scale = min(1.0, options.resize / max(width, height))
+                    else:
+                        scale = min(1.0, _HASH_SIDE / min(width, height))
+                    image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+                else:
+                    with Image.open(io.BytesIO(data), formats=[FORMATS[kind]]) as probe:
+                        probe.verify()  # PNG: chunk CRCs
+                image.load()  # a full decode: broken or truncated data fails here
+                decoded = image if image.mode in ("RGB", "L") else image.convert("RGB")
+                if orientation in ORIENTATION:
+                    decoded = decoded.transpose(ORIENTATION[orientation])
+                    if orientation >= 5:
+                        width, height = height, width
+                source_sha = hashlib.sha256(data).hexdigest()
+                if options.resize and max(width, height) > options.resize:
+                    decoded = decoded.convert("RGB")
+                    scale = options.resize / max(width, height)
+                    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                    decoded = decoded.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+                    out = io.BytesIO()
+                    decoded.save(out, "JPEG", quality=options.quality)
+                    stored = out.getvalue()
+                    return FetchedImage(url, stored, hashlib.sha256(stored).hexdigest(), phash(decoded),
+                                        size[0], size[1], "image/jpeg", source_sha)
+                return FetchedImage(url, data, source_sha, phash(decoded), width, height, kind)
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise BadImage(f"decompression bomb: {error}") from error
     except Exception as error:  # Pillow raises many types for broken files
         raise BadImage(f"broken image: {type(error).__name__}: {error}") from error
-    return FetchedImage(url, data, hashlib.sha256(data).hexdigest(), phash, width, height, kind)
 
 
-def fetch_image(client: PoliteClient, url: str) -> FetchedImage:
+def fetch_image(client: PoliteClient, url: str, options: ImageOptions | None = None) -> FetchedImage:
     """Fetch and validate one image. Raises FetchError, BadImage or crawlers.http.Disallowed."""
     response = client.get(url)
     if response.status >= 400:
         raise FetchError(url, f"HTTP {response.status}", response.status)
-    return validate_image(response.content, declared_type=response.headers.get("content-type"), url=url)
+    return validate_image(response.content, declared_type=response.headers.get("content-type"), url=url,
+                          options=options)
+
+
+def without_data(image: FetchedImage) -> FetchedImage:
+    return replace(image, data=b"")

@@ -1,36 +1,21 @@
-"""The sharing-site source: list pages with pagination → post pages → post fields (BeautifulSoup)."""
+"""The sharing-site source: list pages with pagination → post pages → post fields (BeautifulSoup).
+
+A post page that does not parse (the layout changed) is recorded with its error; the crawl goes on."""
 
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urljoin
 
 from bs4 import BeautifulSoup
 
 from crawlers.http import Disallowed, FetchError, PoliteClient
+from crawlers.sources import ParseError, PostRecord, outcome
 from crawlers.state import CrawlState
 
 log = logging.getLogger(__name__)
-
-
-class ParseError(ValueError):
-    """A page that does not hold what its kind should hold (the layout changed, or it is not a post)."""
-
-
-@dataclass(frozen=True)
-class PostRecord:
-    external_id: str
-    url: str
-    image_url: str
-    title: str
-    artist: str
-    album: str | None
-    duration: int | None
-    mood: str | None
-    favorite_count: int
 
 
 def parse_list_page(html: str, page_url: str) -> tuple[list[str], str | None]:
@@ -111,33 +96,43 @@ def discover(client: PoliteClient, state: CrawlState, start_url: str, *, max_pag
     return new
 
 
-def _fetch_post(client: PoliteClient, state: CrawlState, url: str):
+def _fetch_post(client: PoliteClient, url: str, validators) -> tuple[dict, PostRecord | None]:
+    etag, modified = validators.get(url, (None, None))
     try:
-        etag, modified = state.validators(url)
         response = client.get(url, etag=etag, last_modified=modified)
         if response.not_modified:
-            return url, None, "not_modified", response
+            return outcome(url, "done", http_status=304), None
         if response.status >= 400:
             raise FetchError(url, f"HTTP {response.status}", response.status)
-        return url, parse_post_page(response.text, url), "done", response
+        post = parse_post_page(response.text, url)
+        return outcome(url, "done", http_status=response.status, etag=response.headers.get("etag"),
+                       last_modified=response.headers.get("last-modified")), post
     except Disallowed:
-        return url, None, "disallowed", None
-    except (FetchError, ParseError) as error:
-        return url, None, error, None
+        return outcome(url, "disallowed"), None
+    except (FetchError, ParseError) as error:  # recorded with its error; the crawl goes on
+        return outcome(url, "error", http_status=getattr(error, "status", None), error=str(error)), None
 
 
-def fetch_posts(client: PoliteClient, state: CrawlState, urls: list[str], *,
-                workers: int = 8) -> Iterator[PostRecord]:
-    """Fetch and parse post pages concurrently. Yields each post; its URL is recorded as done only
-    after the caller has taken it (so a crash in between re-fetches it rather than losing it)."""
+def fetch_posts(client: PoliteClient, urls: list[str], validators: dict | None = None, *,
+                workers: int = 8) -> Iterator[tuple[dict, PostRecord | None]]:
+    """Fetch and parse post pages concurrently; yields (outcome, post or None) per URL. Nothing is
+    recorded here: the caller writes each outcome together with its post (one transaction)."""
+    validators = validators or {}
     with ThreadPoolExecutor(workers) as pool:
-        for url, post, outcome, response in pool.map(lambda u: _fetch_post(client, state, u), urls):
-            if isinstance(outcome, Exception):
-                state.record(url, "error", http_status=getattr(outcome, "status", None), error=str(outcome))
-                continue
-            if post is not None:
-                yield post
-            headers = response.headers if response else {}
-            state.record(url, "done" if outcome != "disallowed" else "disallowed",
-                         http_status=response.status if response else None,
-                         etag=headers.get("etag"), last_modified=headers.get("last-modified"))
+        yield from pool.map(lambda u: _fetch_post(client, u, validators), urls)
+
+
+class HtmlSiteSource:
+    """The sharing site: list pages with pagination → post pages → post fields."""
+
+    kind = "html_site"
+
+    def __init__(self, site_url: str, start_path: str = "/posts?page=1"):
+        self.base_url = site_url
+        self.start_url = site_url.rstrip("/") + start_path
+
+    def discover(self, client: PoliteClient, state: CrawlState, *, max_pages: int | None = None) -> int:
+        return discover(client, state, self.start_url, max_pages=max_pages)
+
+    def fetch(self, client, urls, validators, *, workers=8):
+        return fetch_posts(client, urls, validators, workers=workers)

@@ -18,3 +18,10 @@ class CrawlState(Protocol):
     def record(self, url: str, status: str, *, http_status: int | None = None, error: str | None = None,
                etag: str | None = None, last_modified: str | None = None) -> None:
         """Remember the outcome of fetching ``url``: done, error or disallowed."""
+
+    def validators_many(self, urls: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """``validators`` for many URLs at once (only those that have some)."""
+
+    def record_many(self, outcomes: list[dict], posts: list = ()) -> int:
+        """Record many outcomes (dicts with url, kind, status, http_status, error, etag, last_modified)
+        and store ``posts`` (``crawlers.sources.PostRecord``) in one atomic step; returns new posts."""

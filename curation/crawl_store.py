@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from crawlers.images import FetchedImage
 from crawlers.lyrics import LyricHit, normalize
-from crawlers.sharing_site import PostRecord
+from crawlers.sources import PostRecord
 from curation.catalog import CrawlUrl, Image, LyricCandidate, Post, Song, Source, session_scope
 
 MAX_ATTEMPTS = 3
@@ -36,21 +36,25 @@ def ensure_source(db_url: str, name: str, kind: str, base_url: str) -> int:
 
 
 class CatalogCrawlState:
-    """The crawl frontier and per-URL outcomes of one source, kept in the catalog."""
+    """The crawl frontier and per-URL outcomes of one source, kept in the catalog.
 
-    def __init__(self, db_url: str, source_id: int):
-        self.db_url, self.source_id = db_url, source_id
+    ``shard``/``shards`` restrict ``pending`` to one shard of the frontier (by row id), so that shards
+    crawled side by side never fetch the same URL."""
+
+    def __init__(self, db_url: str, source_id: int, *, shard: int = 0, shards: int = 1):
+        self.db_url, self.source_id, self.shard, self.shards = db_url, source_id, shard, shards
 
     def add(self, kind: str, urls: Iterable[str]) -> int:
         urls = list(dict.fromkeys(urls))
         if not urls:
             return 0
         with session_scope(self.db_url) as session:
-            known = set(session.scalars(select(CrawlUrl.url).where(
-                CrawlUrl.source_id == self.source_id, CrawlUrl.url.in_(urls))))
-            session.add_all(CrawlUrl(source_id=self.source_id, url=url, kind=kind)
-                            for url in urls if url not in known)
-        return len(urls) - len(known)
+            before = session.scalar(select(func.count()).select_from(CrawlUrl).where(
+                CrawlUrl.source_id == self.source_id, CrawlUrl.url.in_(urls)))
+            _insert_ignore(session, CrawlUrl, [{"source_id": self.source_id, "url": url, "kind": kind,
+                                               "status": "pending", "attempts": 0} for url in urls],
+                           ["source_id", "url"])
+        return len(urls) - before
 
     def pending(self, kind: str, limit: int | None = None) -> list[str]:
         with session_scope(self.db_url) as session:
@@ -58,6 +62,8 @@ class CatalogCrawlState:
                 CrawlUrl.source_id == self.source_id, CrawlUrl.kind == kind,
                 (CrawlUrl.status == "pending") | ((CrawlUrl.status == "error") & (CrawlUrl.attempts < MAX_ATTEMPTS)))
                 .order_by(CrawlUrl.id).limit(limit))
+            if self.shards > 1:
+                query = query.where(CrawlUrl.id % self.shards == self.shard)
             return list(session.scalars(query))
 
     def validators(self, url: str) -> tuple[str | None, str | None]:
@@ -66,20 +72,27 @@ class CatalogCrawlState:
                 CrawlUrl.source_id == self.source_id, CrawlUrl.url == url)).first()
             return (row.etag, row.last_modified) if row else (None, None)
 
-    def record(self, url, status, *, http_status=None, error=None, etag=None, last_modified=None):
-        values = {"status": status, "http_status": http_status, "error": error, "fetched_at": now(),
-                  "attempts": CrawlUrl.attempts + 1}
-        # A 304 may omit the validators: keep the ones we have.
-        if etag:
-            values["etag"] = etag
-        if last_modified:
-            values["last_modified"] = last_modified
+    def validators_many(self, urls: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        found = {}
         with session_scope(self.db_url) as session:
-            updated = session.execute(update(CrawlUrl).where(
-                CrawlUrl.source_id == self.source_id, CrawlUrl.url == url).values(**values)).rowcount
-            if not updated:
-                session.add(CrawlUrl(source_id=self.source_id, url=url, kind="list", **{
-                    **values, "attempts": 1}))
+            for start in range(0, len(urls), 500):
+                rows = session.execute(select(CrawlUrl.url, CrawlUrl.etag, CrawlUrl.last_modified).where(
+                    CrawlUrl.source_id == self.source_id, CrawlUrl.url.in_(urls[start:start + 500]),
+                    (CrawlUrl.etag.is_not(None)) | (CrawlUrl.last_modified.is_not(None))))
+                found.update((url, (etag, modified)) for url, etag, modified in rows)
+        return found
+
+    def record(self, url, status, *, http_status=None, error=None, etag=None, last_modified=None):
+        self.record_many([{"url": url, "status": status, "http_status": http_status, "error": error,
+                           "etag": etag, "last_modified": last_modified}])
+
+    def record_many(self, outcomes: list[dict], posts: list[PostRecord] = ()) -> int:
+        """Record many URL outcomes (and store ``posts``) in ONE transaction: after a crash either all
+        of them are in the catalog or none is. Returns how many posts were new."""
+        with session_scope(self.db_url) as session:
+            new = _store_posts(session, self.source_id, list(posts)) if posts else 0
+            _record_urls(session, self.source_id, outcomes)
+        return new
 
     def counts(self) -> dict[str, int]:
         with session_scope(self.db_url) as session:
@@ -88,53 +101,123 @@ class CatalogCrawlState:
             return {f"{kind}:{status}": n for kind, status, n in rows}
 
 
+def _insert_ignore(session: Session, model, rows: list[dict], keys: list[str]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING (SQLite and PostgreSQL): safe when shards race on the same row."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for start in range(0, len(rows), 500):
+        session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows[start:start + 500])
+
+
+def _record_urls(session: Session, source_id: int, outcomes: list[dict]) -> None:
+    if not outcomes:
+        return
+    _insert_ignore(session, CrawlUrl, [{"source_id": source_id, "url": o["url"], "kind": o.get("kind", "list"),
+                                        "status": "pending", "attempts": 0} for o in outcomes], ["source_id", "url"])
+    table, at = CrawlUrl.__table__, now()
+    rows = [{"b_url": o["url"], "b_status": o["status"], "b_http": o.get("http_status"), "b_error": o.get("error"),
+             "b_etag": o.get("etag"), "b_modified": o.get("last_modified"), "b_at": at} for o in outcomes]
+    # A 304 may omit the validators: keep the ones we have.
+    session.execute(update(table).where(table.c.source_id == source_id, table.c.url == bindparam("b_url")).values(
+        status=bindparam("b_status"), http_status=bindparam("b_http"), error=bindparam("b_error"),
+        etag=func.coalesce(bindparam("b_etag"), table.c.etag),
+        last_modified=func.coalesce(bindparam("b_modified"), table.c.last_modified),
+        fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
+
+
 def song_key(title: str, artist: str) -> str:
     return f"{normalize(title)}|{normalize(artist)}"
 
 
 def store_posts(db_url: str, source_id: int, posts: Iterable[PostRecord]) -> int:
-    """Upsert posts (with their song and image URL); returns how many were new."""
-    new = 0
+    """Upsert posts (with their song and image URL) in one transaction; returns how many were new."""
     with session_scope(db_url) as session:
-        for record in posts:
-            song = _upsert_song(session, record)
-            image = session.scalar(select(Image).where(Image.url == record.image_url))
-            if image is None:
-                image = Image(url=record.image_url)
-                session.add(image)
-                session.flush()
-            post = session.scalar(select(Post).where(
-                Post.source_id == source_id, Post.external_id == record.external_id))
-            if post is None:
-                post = Post(source_id=source_id, external_id=record.external_id)
-                session.add(post)
-                new += 1
-            post.url, post.song_id, post.image_id = record.url, song.id, image.id
-            post.mood, post.favorite_count, post.crawled_at = record.mood, record.favorite_count, now()
-    return new
+        return _store_posts(session, source_id, list(posts))
 
 
-def _upsert_song(session: Session, record: PostRecord) -> Song:
-    key = song_key(record.title, record.artist)
-    song = session.scalar(select(Song).where(Song.norm_key == key))
-    if song is None:
-        song = Song(norm_key=key, title=record.title, artist=record.artist, album=record.album,
-                    duration=record.duration)
-        session.add(song)
-        session.flush()
-    return song
+def _store_posts(session: Session, source_id: int, posts: list[PostRecord]) -> int:
+    if not posts:
+        return 0
+    posts = list({p.external_id: p for p in posts}.values())  # the last word on a post wins
+    songs = {song_key(p.title, p.artist): p for p in posts}
+    _insert_ignore(session, Song, [{"norm_key": key, "title": p.title, "artist": p.artist, "album": p.album,
+                                    "duration": p.duration, "created_at": now()} for key, p in songs.items()],
+                   ["norm_key"])
+    song_ids = dict(session.execute(select(Song.norm_key, Song.id).where(Song.norm_key.in_(list(songs)))).all())
+    urls = list({p.image_url for p in posts})
+    _insert_ignore(session, Image, [{"url": url, "status": "pending", "attempts": 0} for url in urls], ["url"])
+    image_ids = dict(session.execute(select(Image.url, Image.id).where(Image.url.in_(urls))).all())
+    existing = set(session.scalars(select(Post.external_id).where(
+        Post.source_id == source_id, Post.external_id.in_([p.external_id for p in posts]))))
+    at = now()
+    rows = [{"source_id": source_id, "external_id": p.external_id, "url": p.url,
+             "song_id": song_ids[song_key(p.title, p.artist)], "image_id": image_ids[p.image_url],
+             "mood": p.mood, "favorite_count": p.favorite_count, "crawled_at": at} for p in posts]
+    _insert_ignore(session, Post, [r for r in rows if r["external_id"] not in existing], ["source_id", "external_id"])
+    changed = [{**{f"b_{k}": v for k, v in r.items()}} for r in rows if r["external_id"] in existing]
+    if changed:
+        table = Post.__table__
+        session.execute(update(table).where(table.c.source_id == bindparam("b_source_id"),
+                                            table.c.external_id == bindparam("b_external_id")).values(
+            url=bindparam("b_url"), song_id=bindparam("b_song_id"), image_id=bindparam("b_image_id"),
+            mood=bindparam("b_mood"), favorite_count=bindparam("b_favorite_count"),
+            crawled_at=bindparam("b_crawled_at")), changed)
+    return len(posts) - len(existing)
+
+
+def image_tasks(db_url: str, *, shard: int = 0, shards: int = 1, limit: int | None = None) -> list[tuple[int, str]]:
+    """(id, url) of the images to fetch: new ones and transient errors not yet tried MAX_ATTEMPTS times;
+    with ``shards`` > 1 only this shard's (by id), so shards fetched side by side never overlap."""
+    with session_scope(db_url) as session:
+        query = (select(Image.id, Image.url).where(
+            (Image.status == "pending") | ((Image.status == "error") & (Image.attempts < MAX_ATTEMPTS)))
+            .order_by(Image.id).limit(limit))
+        if shards > 1:
+            query = query.where(Image.id % shards == shard)
+        return [(row.id, row.url) for row in session.execute(query)]
 
 
 def images_to_fetch(db_url: str, limit: int | None = None) -> list[str]:
+    return [url for _, url in image_tasks(db_url, limit=limit)]
+
+
+def kept_images(db_url: str) -> list[tuple[int, str, str, str | None]]:
+    """(id, phash, sha256, content type) of the images kept as originals, for near-duplicate checks."""
     with session_scope(db_url) as session:
-        return list(session.scalars(select(Image.url).where(Image.status.in_(("pending", "error")))
-                                    .order_by(Image.id).limit(limit)))
+        return [tuple(row) for row in session.execute(
+            select(Image.id, Image.phash, Image.sha256, Image.content_type).where(
+                Image.status == "stored", Image.duplicate_of.is_(None), Image.phash.is_not(None))
+            .order_by(Image.id))]
+
+
+def record_images(db_url: str, results: list) -> None:
+    """Record many ``crawlers.image_pipeline.ImageResult`` in one transaction. A duplicate is kept as
+    "stored" (with the original's sha256, so its post keeps an image) and links ``duplicate_of``."""
+    if not results:
+        return
+    table, at = Image.__table__, now()
+    rows = []
+    for r in results:
+        status = "stored" if r.status == "duplicate" else r.status
+        rows.append({"b_id": r.image_id, "b_status": status, "b_error": r.error, "b_http": r.http_status,
+                     "b_sha": r.sha256, "b_phash": r.phash, "b_w": r.width, "b_h": r.height,
+                     "b_size": r.size_bytes, "b_type": r.content_type, "b_dup": r.duplicate_of, "b_at": at})
+    with session_scope(db_url) as session:
+        session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
+            status=bindparam("b_status"), error=bindparam("b_error"), http_status=bindparam("b_http"),
+            sha256=bindparam("b_sha"), phash=bindparam("b_phash"), width=bindparam("b_w"),
+            height=bindparam("b_h"), size_bytes=bindparam("b_size"), content_type=bindparam("b_type"),
+            duplicate_of=bindparam("b_dup"), fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
 
 
 def record_image(db_url: str, url: str, *, fetched: FetchedImage | None = None, error: str | None = None) -> None:
     with session_scope(db_url) as session:
         image = session.scalar(select(Image).where(Image.url == url))
-        image.fetched_at = now()
+        image.fetched_at, image.attempts = now(), (image.attempts or 0) + 1
         if fetched is None:
             image.status, image.error = "error", error
             return

@@ -22,10 +22,11 @@ import threading
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Iterator
 from urllib.parse import quote_plus
 
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import DateTime, Engine, String, and_, bindparam, case, create_engine, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from curation.catalog import (
@@ -69,11 +70,30 @@ _sqlite_writers: dict[str, threading.Lock] = {}
 _sqlite_writers_guard = threading.Lock()
 
 
+@lru_cache(maxsize=8)
+def _engine(db_url: str) -> Engine:
+    """The catalog's engine; on PostgreSQL one whose pool holds a connection per busy web worker,
+    so twenty curators do not open (fork) a server connection per request."""
+    if db_url.startswith("sqlite"):
+        return engine_for(db_url)
+    return create_engine(db_url, pool_pre_ping=True, pool_size=24, max_overflow=16)
+
+
+@contextmanager
+def _read(db_url: str) -> Iterator[Session]:
+    session = Session(_engine(db_url), expire_on_commit=False)
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
 @contextmanager
 def _write(db_url: str) -> Iterator[Session]:
     """A short write transaction: ``BEGIN IMMEDIATE`` on SQLite (writers queue on a Python lock first),
     a plain transaction on PostgreSQL (claims there lock rows with SKIP LOCKED)."""
-    engine = engine_for(db_url)
+    engine = _engine(db_url)
     if engine.dialect.name != "sqlite":
         session = Session(engine, expire_on_commit=False)
         try:
@@ -165,39 +185,54 @@ def set_overlap(db_url: str, overlap: int, actor: str, item_ids: list[int] | Non
 
 # --- claiming and deciding --------------------------------------------------------------------
 
+def _claim_statements():
+    """The claim's statements, built once (bound per call): SQLAlchemy then only looks them up."""
+    slot, mine = ReviewAssignment, aliased(ReviewAssignment)
+    curator, now = bindparam("b_curator", type_=String()), bindparam("b_now", type_=DateTime(timezone=True))
+    held_by_me = exists().where(mine.item_id == slot.item_id, mine.id != slot.id, mine.lease_owner == curator,
+                                mine.state.in_(("leased", "submitted")))
+    # Abandoned (expired) leases first, then open slots; each query walks the claim index
+    # (state, priority, id) backwards, so it costs the same with 10 or 100,000 items.
+    find = [select(slot.id, slot.item_id).where(free, ~held_by_me)
+            .order_by(slot.priority.desc(), slot.id.desc()).limit(1).with_for_update(skip_locked=True, of=slot)
+            for free in (and_(slot.state == "leased", slot.lease_expires_at < now), slot.state == "open")]
+    token, expires = bindparam("b_token", type_=String()), bindparam("b_expires", type_=DateTime(timezone=True))
+    take = (update(slot).where(slot.id == bindparam("b_slot"))
+            .values(state="leased", lease_owner=curator, lease_token=token, lease_expires_at=expires,
+                    claimed_at=now, decision=None, corrected_text=None))
+    single = ReviewItem.overlap.is_(None)  # the item's own lease columns mirror a single slot
+    mark = (update(ReviewItem).where(ReviewItem.id == bindparam("b_item"), ReviewItem.state.in_(("pending", "leased")))
+            .values(state="leased", lease_owner=case((single, curator), else_=None),
+                    lease_token=case((single, token), else_=None), lease_expires_at=case((single, expires), else_=None)))
+    return find, take, mark
+
+
+_CLAIM = _claim_statements()
+
+
 def claim(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, now: datetime | None = None) -> dict | None:
     """Lease the most urgent free slot to ``curator``: ``{"item", "token", "expires_at"}``, or None
     when nothing is left. A curator never gets two slots of the same item."""
     now = now or _now()
+    find, take, mark = _CLAIM
     for attempt in range(2):
         with _write(db_url) as session:
-            mine = aliased(ReviewAssignment)
-            held_by_me = exists().where(
-                mine.item_id == ReviewAssignment.item_id, mine.id != ReviewAssignment.id,
-                mine.lease_owner == curator, mine.state.in_(("leased", "submitted")))
-            slot = session.scalars(
-                select(ReviewAssignment)
-                .where(or_(ReviewAssignment.state == "open",
-                           and_(ReviewAssignment.state == "leased", ReviewAssignment.lease_expires_at < now)),
-                       ~held_by_me)
-                .order_by(ReviewAssignment.priority.desc(), ReviewAssignment.id)
-                .limit(1).with_for_update(skip_locked=True, of=ReviewAssignment)).first()
-            if slot is None:
+            found = None
+            for query in find:
+                found = session.execute(query, {"b_curator": curator, "b_now": now}).first()
+                if found is not None:
+                    break
+            if found is None:
                 if attempt == 0 and _add_missing_slots(session):
                     continue
                 return None
             token = secrets.token_urlsafe(24)
             expires = now + timedelta(seconds=lease_seconds)
-            slot.state, slot.lease_owner, slot.lease_token = "leased", curator, token
-            slot.lease_expires_at, slot.claimed_at = expires, now
-            slot.decision = slot.corrected_text = None
-            single = ReviewItem.overlap.is_(None)  # the item's own lease columns mirror a single slot
-            session.execute(update(ReviewItem).where(ReviewItem.id == slot.item_id,
-                                                     ReviewItem.state.in_(("pending", "leased"))).values(
-                state="leased", lease_owner=case((single, curator), else_=None),
-                lease_token=case((single, token), else_=None),
-                lease_expires_at=case((single, expires), else_=None)))
-            return {"item": slot.item_id, "token": token, "expires_at": expires.isoformat()}
+            params = {"b_curator": curator, "b_now": now, "b_token": token, "b_expires": expires,
+                      "b_slot": found.id, "b_item": found.item_id}
+            session.execute(take, params)
+            session.execute(mark, params)
+            return {"item": found.item_id, "token": token, "expires_at": expires.isoformat()}
     return None
 
 
@@ -368,7 +403,7 @@ def decide(db_url: str, item_id: int, decision: str, actor: str, corrected_text:
 # --- reading ----------------------------------------------------------------------------------
 
 def pending_items(db_url: str, limit: int = 50) -> list[dict]:
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         rows = session.execute(
             select(ReviewItem, LyricCandidate, Song).join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
             .join(Song, LyricCandidate.song_id == Song.id).where(ReviewItem.state != "decided")
@@ -383,7 +418,7 @@ def search_url(title: str, artist: str) -> str:
 
 def item_view(db_url: str, item_id: int, max_images: int = 6) -> dict:
     """What a curator needs to decide an item: song, moods, images, the lyric and why it was flagged."""
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         row = session.execute(
             select(ReviewItem, LyricCandidate, Song).join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
             .join(Song, LyricCandidate.song_id == Song.id).where(ReviewItem.id == item_id)).first()
@@ -406,7 +441,7 @@ def item_view(db_url: str, item_id: int, max_images: int = 6) -> dict:
 
 def image_record(db_url: str, image_id: int) -> tuple[str, str] | None:
     """(sha256, content type) of a stored image, or None."""
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         row = session.execute(select(Image.sha256, Image.content_type)
                               .where(Image.id == image_id, Image.status == "stored")).first()
         return (row[0], row[1] or "application/octet-stream") if row and row[0] else None
@@ -414,7 +449,7 @@ def image_record(db_url: str, image_id: int) -> tuple[str, str] | None:
 
 def progress(db_url: str, now: datetime | None = None) -> dict:
     now = now or _now()
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         states = dict(session.execute(select(ReviewItem.state, func.count()).group_by(ReviewItem.state)).all())
         decisions = dict(session.execute(select(ReviewItem.decision, func.count())
                                          .where(ReviewItem.state == "decided").group_by(ReviewItem.decision)).all())
@@ -432,7 +467,7 @@ def throughput(db_url: str, now: datetime | None = None) -> list[dict]:
     """Per curator: decisions in all, in the last hour, and the median seconds between decisions."""
     now = now or _now()
     times: dict[str, list[datetime]] = defaultdict(list)
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         for actor, at in session.execute(select(ReviewEvent.actor, ReviewEvent.at)
                                          .where(ReviewEvent.action == "decide").order_by(ReviewEvent.id)):
             times[actor].append(_aware(at))
@@ -481,7 +516,7 @@ def agreement(db_url: str) -> dict:
     """Agreement on items decided by several curators: Fleiss' kappa per overlap size, Cohen's kappa
     per pair of curators, and the disputed items waiting for an admin."""
     labels: dict[int, dict[str, str]] = defaultdict(dict)
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         for item_id, owner, decision in session.execute(
                 select(ReviewAssignment.item_id, ReviewAssignment.lease_owner, ReviewAssignment.decision)
                 .join(ReviewItem, ReviewItem.id == ReviewAssignment.item_id)
@@ -522,7 +557,7 @@ def agreement(db_url: str) -> dict:
 
 def audit_log(db_url: str, limit: int = 100, offset: int = 0, item_id: int | None = None,
               actor: str | None = None) -> list[dict]:
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         query = select(ReviewEvent).order_by(ReviewEvent.id.desc()).limit(limit).offset(offset)
         if item_id is not None:
             query = query.where(ReviewEvent.item_id == item_id)
@@ -535,7 +570,7 @@ def audit_log(db_url: str, limit: int = 100, offset: int = 0, item_id: int | Non
 
 def export_decisions(db_url: str) -> list[dict]:
     """Every decided item with its song, final decision, who decided and each curator's vote."""
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         votes = defaultdict(list)
         for item_id, owner, decision in session.execute(
                 select(ReviewAssignment.item_id, ReviewAssignment.lease_owner, ReviewAssignment.decision)
@@ -554,7 +589,7 @@ def export_decisions(db_url: str) -> list[dict]:
 
 def decisions_since(db_url: str, event_id: int) -> tuple[int, int]:
     """(decisions recorded after audit event ``event_id``, the latest event id)."""
-    with session_scope(db_url) as session:
+    with _read(db_url) as session:
         latest = session.scalar(select(func.max(ReviewEvent.id))) or 0
         count = session.scalar(select(func.count()).select_from(ReviewEvent).where(
             ReviewEvent.id > event_id, ReviewEvent.action.in_(("decide", "settle"))))

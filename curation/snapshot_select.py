@@ -104,16 +104,19 @@ def eligible_figures(db_url: str) -> dict:
     """The paper's Table 1 and Fig. 2 over every eligible post (one per distinct image): triplets, songs,
     triplets with a mood, favorite count range, and songs (and their triplets) by occurrence count."""
     unique = _unique_images()
-    per_song = (select(unique.c.song_id, func.count().label("n")).group_by(unique.c.song_id).subquery("per_song"))
-    with engine_for(db_url).connect() as connection:
-        totals = connection.execute(select(
-            func.count(), func.count(func.distinct(unique.c.song_id)), func.count(unique.c.mood),
-            func.min(unique.c.favorite_count), func.max(unique.c.favorite_count))).one()
-        histogram = connection.execute(select(per_song.c.n, func.count()).group_by(per_song.c.n)
-                                       .order_by(per_song.c.n)).all()
-    return {"triplets": totals[0], "songs": totals[1], "with_mood": totals[2],
-            "favorite_count": [totals[3], totals[4]] if totals[0] else None,
-            "occurrences": {int(n): int(songs) for n, songs in histogram}}
+    per_song = (select(unique.c.song_id, func.count().label("n"), func.count(unique.c.mood).label("mood"),
+                       func.min(unique.c.favorite_count).label("low"), func.max(unique.c.favorite_count).label("high"))
+                .group_by(unique.c.song_id).subquery("per_song"))
+    with engine_for(db_url).connect() as connection:  # one pass over the posts: per song, then per count
+        histogram = connection.execute(
+            select(per_song.c.n, func.count(), func.sum(per_song.c.mood), func.min(per_song.c.low),
+                   func.max(per_song.c.high)).group_by(per_song.c.n).order_by(per_song.c.n)).all()
+    triplets = sum(int(n) * int(songs) for n, songs, *_ in histogram)
+    return {"triplets": triplets, "songs": sum(int(row[1]) for row in histogram),
+            "with_mood": sum(int(row[2] or 0) for row in histogram),
+            "favorite_count": [min(int(row[3]) for row in histogram), max(int(row[4]) for row in histogram)]
+            if histogram else None,
+            "occurrences": {int(n): int(songs) for n, songs, *_ in histogram}}
 
 
 def catalog_state(db_url: str, candidate_ids: list[int], chunk: int = 2_000) -> dict:

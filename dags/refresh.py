@@ -1,4 +1,5 @@
-"""refresh: crawl → images → lyrics → filter → enqueue review → snapshot (emits the snapshot Asset).
+"""refresh: discover posts → crawl post shards → plan image shards → fetch image shards
+→ lyrics → filter → enqueue review → snapshot (emits the snapshot Asset).
 
 Wiring only: each task calls one stage of image2song.stages; heavy imports happen inside the stages.
 """
@@ -34,12 +35,20 @@ def refresh():
         return stages.migrate(Settings.from_env())
 
     @task
-    def crawl_posts(params: dict | None = None) -> dict:
-        return stages.crawl(Settings.from_env(), max_pages=params["max_pages"])
+    def discover_posts(params: dict | None = None) -> list[dict]:
+        return stages.plan_crawl(Settings.from_env(), max_pages=params["max_pages"])["shards"]
 
     @task
-    def fetch_images() -> dict:
-        return stages.fetch_images(Settings.from_env())
+    def crawl_posts(shard: dict) -> dict:
+        return stages.crawl(Settings.from_env(), discover=False, **shard)
+
+    @task(trigger_rule="all_done")
+    def plan_images() -> list[dict]:
+        return stages.plan_images(Settings.from_env())["shards"]
+
+    @task
+    def fetch_images(shard: dict) -> dict:
+        return stages.fetch_images(Settings.from_env(), **shard)
 
     @task
     def fetch_lyrics() -> dict:
@@ -64,8 +73,14 @@ def refresh():
             "datasheet": result["datasheet"]}
         return result
 
-    (migrate_catalog() >> crawl_posts() >> fetch_images() >> fetch_lyrics() >> filter_lyrics()
-     >> enqueue_review() >> build_snapshot())
+    # Large crawls are cut into shards (by catalog row id), mapped over with dynamic task mapping.
+    post_shards = discover_posts()
+    migrate_catalog() >> post_shards
+    crawled = crawl_posts.expand(shard=post_shards)
+    image_shards = plan_images()
+    crawled >> image_shards
+    (fetch_images.expand(shard=image_shards) >> fetch_lyrics() >> filter_lyrics() >> enqueue_review()
+     >> build_snapshot())
 
 
 refresh()

@@ -28,10 +28,13 @@ def cmd_demo(args, settings: Settings) -> int:
 
 
 def cmd_crawl(args, settings: Settings) -> int:
+    shard = {"shard": args.shard, "shards": args.shards}
     if args.what in ("posts", "all"):
-        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers)})
+        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers,
+                                     source=args.source, discover=not args.no_discover, **shard)})
     if args.what in ("images", "all"):
-        _show({"images": stages.fetch_images(settings, workers=args.workers)})
+        _show({"images": stages.fetch_images(settings, workers=args.image_workers, processes=args.processes,
+                                             resize=args.resize, near_duplicate_bits=args.near_dup_bits, **shard)})
     return 0
 
 
@@ -232,7 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
     p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all")
     p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
-    p.add_argument("--workers", type=int, default=8, help="concurrent fetches (default 8)")
+    p.add_argument("--workers", type=int, default=8, help="concurrent post page fetches (default 8)")
+    p.add_argument("--source", help="instead of the sharing site: feed:URL (JSON feed) or file:PATH (CSV/JSONL import)")
+    p.add_argument("--shard", type=int, default=0, help="this shard's number (with --shards)")
+    p.add_argument("--shards", type=int, default=1, help="cut the work into this many shards (default 1)")
+    p.add_argument("--no-discover", action="store_true", help="do not walk the listing (a shard after planning)")
+    p.add_argument("--image-workers", type=int, default=32, help="image downloads in flight per process (default 32)")
+    p.add_argument("--processes", type=int, help="image worker processes (default: one per core for large jobs)")
+    p.add_argument("--resize", type=int, help="store images resized to this longest side (default: as they are)")
+    p.add_argument("--near-dup-bits", type=int, default=2,
+                   help="link images whose pHash differs in at most this many bits (default 2)")
 
     p = add("lyrics", cmd_lyrics, "fetch lyrics for new songs, then filter them (and queue the uncertain)")
     p.add_argument("action", nargs="?", choices=["fetch", "filter", "all"], default="all")

@@ -13,10 +13,10 @@ from image2song.settings import Settings
 log = logging.getLogger("image2song")
 
 
-def _client(settings: Settings):
+def _client(settings: Settings, **options):
     from crawlers.http import PoliteClient
 
-    return PoliteClient(settings.user_agent)
+    return PoliteClient(settings.user_agent, **options)
 
 
 def migrate(settings: Settings) -> dict:
@@ -25,53 +25,101 @@ def migrate(settings: Settings) -> dict:
     return {"db_url": settings.db_url, "revision": upgrade(settings.db_url)}
 
 
-def crawl(settings: Settings, *, max_pages: int | None = None, workers: int = 8) -> dict:
-    """Walk the sharing site's list pages, then fetch every new post page into the catalog."""
+def _shards(pending: int, shard_size: int, max_shards: int) -> list[dict]:
+    n = max(1, min(max_shards, -(-pending // max(1, shard_size))))
+    return [{"shard": i, "shards": n} for i in range(n)]
+
+
+def _post_source(settings: Settings, source: str | None):
+    """The sharing site (default), a JSON feed (``feed:URL``) or a file import (``file:PATH``)."""
+    from crawlers.sharing_site import HtmlSiteSource
+    from crawlers.sources import FileImportSource, JsonFeedSource
+
+    if source is None:
+        return "sharing-site", HtmlSiteSource(settings.site_url)
+    kind, _, where = source.partition(":")
+    if kind == "feed":
+        return f"feed:{where}", JsonFeedSource(where)
+    if kind == "file":
+        found = FileImportSource(where)
+        return f"file:{found.path.name}", found
+    raise ValueError(f"unknown post source {source!r} (use feed:URL or file:PATH)")
+
+
+def crawl(settings: Settings, *, max_pages: int | None = None, workers: int = 8, shard: int = 0,
+          shards: int = 1, discover: bool = True, source: str | None = None) -> dict:
+    """Walk the source's listing (unless ``discover=False``), then fetch this shard's pending post pages
+    into the catalog (a batch of posts and their URLs' states per transaction: resumable after a kill)."""
     from tqdm import tqdm
 
-    from crawlers.sharing_site import discover, fetch_posts
-    from curation.crawl_store import CatalogCrawlState, ensure_source, store_posts
+    from crawlers.sources import crawl_posts
+    from curation.crawl_store import CatalogCrawlState, ensure_source
 
-    source_id = ensure_source(settings.db_url, "sharing-site", "html_site", settings.site_url)
+    name, post_source = _post_source(settings, source)
+    source_id = ensure_source(settings.db_url, name, post_source.kind, post_source.base_url)
+    state = CatalogCrawlState(settings.db_url, source_id, shard=shard, shards=shards)
+    with tqdm(desc=f"posts {shard + 1}/{shards}", unit="post", mininterval=2) as bar:
+        counts = crawl_posts(post_source, _client(settings), state, discover=discover, max_pages=max_pages,
+                             workers=workers, progress=bar.update)
+    counts["crawl_state"] = state.counts()
+    log.info("crawl: %s", counts)
+    return counts
+
+
+def plan_crawl(settings: Settings, *, max_pages: int | None = None, shard_size: int = 2000,
+               max_shards: int = 16, source: str | None = None) -> dict:
+    """Walk the listing once and cut the pending post URLs into shards (for dynamic task mapping)."""
+    from curation.crawl_store import CatalogCrawlState, ensure_source
+
+    name, post_source = _post_source(settings, source)
+    source_id = ensure_source(settings.db_url, name, post_source.kind, post_source.base_url)
     state = CatalogCrawlState(settings.db_url, source_id)
-    client = _client(settings)
-    discovered = discover(client, state, settings.site_url.rstrip("/") + "/posts?page=1", max_pages=max_pages)
-    urls = state.pending("post")
-    stored = 0
-    for post in tqdm(fetch_posts(client, state, urls, workers=workers), total=len(urls), desc="posts",
-                     unit="post", mininterval=2):
-        stored += store_posts(settings.db_url, source_id, [post])
-    return {"discovered": discovered, "fetched": len(urls), "new_posts": stored, "crawl_state": state.counts()}
+    discovered = post_source.discover(_client(settings), state, max_pages=max_pages)
+    pending = len(state.pending("post"))
+    return {"discovered": discovered, "pending": pending, "shards": _shards(pending, shard_size, max_shards)}
 
 
-def fetch_images(settings: Settings, *, workers: int = 8) -> dict:
-    """Download, validate and store every image not stored yet (content-addressed)."""
+def plan_images(settings: Settings, *, shard_size: int = 20000, max_shards: int = 16) -> dict:
+    from curation.crawl_store import image_tasks
+
+    pending = len(image_tasks(settings.db_url))
+    return {"pending": pending, "shards": _shards(pending, shard_size, max_shards)}
+
+
+def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shards: int = 1,
+                 resize: int | None = None, quality: int = 90, near_duplicate_bits: int | None = 2,
+                 processes: int | None = None, per_host: int = 8, min_delay: float = 0.0) -> dict:
+    """Download, validate and store every image of this shard not stored yet (content-addressed);
+    near-duplicates are linked to the image they duplicate. ``workers``: downloads in flight per
+    process; ``processes``: worker processes (default: one per core for large jobs)."""
+    import functools
+
     from tqdm import tqdm
 
-    from crawlers.http import Disallowed, FetchError
-    from crawlers.images import BadImage, fetch_image
-    from curation.crawl_store import SUFFIXES, images_to_fetch, record_image
+    from crawlers.image_pipeline import fetch_images as run
+    from crawlers.images import ImageOptions
+    from curation.crawl_store import image_tasks, kept_images, record_images
     from curation.object_store import ObjectStore
 
-    store, client = ObjectStore(settings.object_store), _client(settings)
-    urls = images_to_fetch(settings.db_url)
+    store = ObjectStore(settings.object_store)
+    tasks = image_tasks(settings.db_url, shard=shard, shards=shards)
 
-    def one(url: str):
+    def discard(key: str) -> None:
         try:
-            image = fetch_image(client, url)
-            store.put(image.data, SUFFIXES.get(image.content_type, ""))
-            return url, image, None
-        except (FetchError, BadImage, Disallowed) as error:
-            return url, None, f"{type(error).__name__}: {error}"
+            store.fs.rm(f"{store.root}/{key}")
+        except FileNotFoundError:
+            pass
 
-    stored = failed = 0
-    with ThreadPoolExecutor(workers) as pool:
-        for url, image, error in tqdm(pool.map(one, urls), total=len(urls), desc="images", unit="img", mininterval=2):
-            record_image(settings.db_url, url, fetched=image, error=error)
-            stored, failed = stored + (image is not None), failed + (image is None)
-            if error:
-                log.warning("image %s: %s", url, error)
-    return {"stored": stored, "failed": failed}
+    with tqdm(total=len(tasks), desc=f"images {shard + 1}/{shards}", unit="img", mininterval=2) as bar:
+        counts = run(tasks, client=_client(settings, per_host=per_host, min_delay=min_delay),
+                     store_factory=functools.partial(ObjectStore, settings.object_store),
+                     sink=functools.partial(record_images, settings.db_url),
+                     options=ImageOptions(resize=resize, quality=quality),
+                     near_duplicate_bits=near_duplicate_bits, known=kept_images(settings.db_url) if tasks else (),
+                     discard=discard, processes=processes, threads=workers, progress=bar.update)
+    log.info("images: %s", counts)
+    return {"stored": counts["stored"] + counts["duplicate"],
+            "failed": counts["error"] + counts["rejected"] + counts["disallowed"]}
 
 
 def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True) -> dict:

@@ -23,9 +23,15 @@ class SongSearcher:
         songs = load_snapshot(snapshot_dir).songs
         self.songs = songs[["song_id", "title", "artist"]].reset_index(drop=True)
         self.texts = songs["modeling_text"].fillna("").tolist()
+        # Without tag attention the song side does not depend on the query: encode it once.
+        self._song_vecs = None if self.model.model.attention else self.model.song_vectors(self.texts)
 
     def search_probs(self, probs: np.ndarray, top_k: int = 10) -> list[dict]:
-        scores = self.model.score(np.asarray(probs, dtype=np.float32).reshape(1, -1), self.texts)[0]
+        probs = np.asarray(probs, dtype=np.float32).reshape(1, -1)
+        if self._song_vecs is not None:
+            scores = (self.model.image_vectors(probs) @ self._song_vecs.T).numpy()[0]
+        else:
+            scores = self.model.score(probs, self.texts)[0]
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [
             {"rank": r + 1, "song_id": str(self.songs.song_id[i]), "title": self.songs.title[i],

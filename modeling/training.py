@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from modeling import resolve_device
 from modeling.lyric_encoder import DEFAULT_MAX_LEN, Vocabulary, pad_batch, tag_embedding_matrix
-from modeling.model import DEFAULT_IMAGE_REPR, Image2SongModel, ImageSpace, save_model
+from modeling.model import DEFAULT_CENTER, DEFAULT_IMAGE_REPR, Image2SongModel, ImageSpace, save_model
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def train(
     progress: bool = True,
     max_len: int = DEFAULT_MAX_LEN,
     image_repr: str = DEFAULT_IMAGE_REPR,
+    center_images: bool = DEFAULT_CENTER,
     mlp_hidden: int = 512,
     dropout: float = 0.0,
     margin: float = 0.2,
@@ -139,7 +140,7 @@ def train(
     n_empty = sum(1 for s in seqs if s == [0])
 
     probs = all_probs[[sha_index[s] for s in pairs["image_sha256"]]]
-    space = ImageSpace.fit(probs, image_repr)
+    space = ImageSpace.fit(probs, image_repr, center_images)
     targets = torch.from_numpy(space.transform(probs))
     probs_t = torch.from_numpy(probs)
     pair_song = torch.tensor([song_row[s] for s in pairs["song_id"]], dtype=torch.long)
@@ -159,7 +160,7 @@ def train(
 
     config = {
         "hidden": hidden, "attention": attention, "mlp_hidden": mlp_hidden, "dropout": dropout,
-        "top_k_tags": model.top_k_tags, "max_len": max_len, "image_repr": image_repr, "loss": loss,
+        "top_k_tags": model.top_k_tags, "max_len": max_len, "image_repr": image_repr, "center_images": space.center, "loss": loss,
         "margin": margin, "lr": lr, "weight_decay": weight_decay, "epochs": epochs, "batch_size": batch_size,
         "seed": seed, "split": split, "vocab_scope": vocab_scope,
         "word_vectors": word_vectors if isinstance(word_vectors, (str, os.PathLike)) else "<KeyedVectors>",

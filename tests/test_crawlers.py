@@ -222,3 +222,329 @@ def test_unreachable_host_is_an_error_not_an_empty_crawl():
         port = probe.getsockname()[1]
     with pytest.raises(FetchError, match="unreachable"):
         client(connect_timeout=0.5).get(f"http://127.0.0.1:{port}/posts")
+
+
+# --- more faults, each with its outcome --------------------------------------------------------
+
+def test_429_with_retry_after_slows_the_whole_host_down(http_server):
+    """Outcome: the request waits Retry-After and succeeds; the host's pace drops for every request."""
+    base, routes = http_server
+    calls = []
+
+    def limited(h):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            h.reply(429, b"slow down", headers={"Retry-After": "0.3"})
+        else:
+            h.reply(200, b"ok")
+
+    routes["/limited"] = limited
+    routes["/other"] = lambda h: (calls.append(time.monotonic()), h.reply(200, b"ok"))
+    polite = client(retries=2)
+    assert polite.get(base + "/limited").content == b"ok"
+    assert calls[1] - calls[0] >= 0.29
+    polite.get(base + "/other")
+    assert calls[2] - calls[1] >= 0.1, "after a 429 the host is paced, not hammered"
+
+
+def test_retry_after_beyond_our_patience_fails_instead_of_retrying_early(http_server):
+    base, routes = http_server
+    routes["/later"] = lambda h: h.reply(503, b"", headers={"Retry-After": "3600"})
+    with pytest.raises(FetchError, match="Retry-After"):
+        client(max_backoff=1).get(base + "/later")
+    assert routes.hits["/later"] == 1
+
+
+def test_redirects_are_followed_within_a_bound_and_checked_against_robots(http_server):
+    base, routes = http_server
+    routes["/r1"] = lambda h: h.reply(301, headers={"Location": "/r2"})
+    routes["/r2"] = lambda h: h.reply(302, headers={"Location": "/final"})
+    routes["/final"] = lambda h: h.reply(200, b"here")
+    response = client().get(base + "/r1")
+    assert (response.content, response.url) == (b"here", base + "/final")
+    with pytest.raises(FetchError, match="too many redirects"):
+        client(max_redirects=1).get(base + "/r1")
+    routes["/to-private"] = lambda h: h.reply(302, headers={"Location": "/private/x"})
+    with pytest.raises(Disallowed):
+        client().get(base + "/to-private")
+    assert routes.hits.get("/private/x") is None
+
+
+def test_robots_txt_answering_5xx_disallows_the_host(http_server):
+    base, routes = http_server
+    routes["/robots.txt"] = lambda h: h.reply(503, b"down")
+    routes["/page"] = lambda h: h.reply(200, b"x")
+    with pytest.raises(Disallowed):
+        client(retries=0).get(base + "/page")
+    assert routes.hits.get("/page") is None
+
+
+def test_robots_is_read_once_per_host_and_crawl_delay_is_honoured(http_server):
+    base, routes = http_server
+    routes["/robots.txt"] = lambda h: h.reply(200, b"User-agent: *\nCrawl-delay: 0.2\n", "text/plain")
+    stamps = []
+    routes["/p"] = lambda h: (stamps.append(time.monotonic()), h.reply(200, b"x"))
+    polite = client()
+    for _ in range(3):
+        polite.get(base + "/p")
+    assert routes.hits["/robots.txt"] == 1
+    assert stamps[2] - stamps[0] >= 0.38
+
+
+def test_per_host_concurrency_is_bounded(http_server):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, routes = http_server
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    def slow(h):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        h.reply(200, b"x")
+
+    routes["/s"] = slow
+    polite = client(per_host=2)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: polite.get(base + "/s"), range(12)))
+    assert state["max"] <= 2
+
+
+def test_oversized_body_without_content_length_is_cut(http_server):
+    base, routes = http_server
+
+    def chunked(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.end_headers()
+        h.wfile.write(b"x" * 5000)
+        h.close_connection = True
+
+    routes["/stream"] = chunked
+    with pytest.raises(FetchError, match="exceeds the cap"):
+        client(max_bytes=1000).get(base + "/stream")
+
+
+def test_phash_agrees_with_imagehash():
+    import imagehash
+
+    from crawlers.images import phash
+
+    rng = __import__("random").Random(3)
+    for seed in range(5):
+        image = Image.effect_mandelbrot((64, 48), (-2 + seed * 0.1, -1.2, 1, 1.2), 50 + seed).convert("RGB")
+        image = image.rotate(rng.uniform(0, 30))
+        assert phash(image) == str(imagehash.phash(image))
+
+
+def test_exif_orientation_and_resize_for_storage():
+    from crawlers.images import ImageOptions
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    Image.new("RGB", (400, 200), (10, 200, 10)).save(buffer, "JPEG", exif=exif)
+    as_is = validate_image(buffer.getvalue(), declared_type="image/jpeg")
+    assert (as_is.width, as_is.height) == (200, 400) and as_is.data == buffer.getvalue()
+    small = validate_image(buffer.getvalue(), declared_type="image/jpeg", options=ImageOptions(resize=100))
+    assert (small.width, small.height) == (50, 100) and Image.open(io.BytesIO(small.data)).size == (50, 100)
+    assert small.source_sha256 == as_is.sha256 != small.sha256
+
+
+def test_image_pipeline_records_every_fault_with_its_outcome(http_server, tmp_path):
+    """Outcomes: good → stored; same bytes again → duplicate (linked); 404 → rejected; HTML served as
+    JPEG → rejected; truncated → error (retried next run); bomb → rejected; robots → disallowed;
+    500 → error."""
+    from crawlers.image_pipeline import fetch_images
+    from curation.object_store import ObjectStore
+
+    base, routes = http_server
+    good, other = jpeg((64, 64), (10, 20, 30)), noise_jpeg()
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(bomb, "PNG")
+    routes["/a.jpg"] = lambda h: h.reply(200, good, "image/jpeg")
+    routes["/a-copy.jpg"] = lambda h: h.reply(200, good, "image/jpeg")
+    routes["/b.jpg"] = lambda h: h.reply(200, other, "image/jpeg")
+    routes["/html.jpg"] = lambda h: h.reply(200, b"<html>sorry</html>", "text/html")
+    routes["/bomb.png"] = lambda h: h.reply(200, bomb.getvalue(), "image/png")
+    routes["/down.jpg"] = lambda h: h.reply(500, b"")
+
+    def truncated(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(good)))
+        h.end_headers()
+        h.wfile.write(good[:100])
+        h.close_connection = True
+
+    routes["/cut.jpg"] = truncated
+    names = ["a.jpg", "a-copy.jpg", "b.jpg", "missing.jpg", "html.jpg", "cut.jpg", "bomb.png", "private/c.jpg",
+             "down.jpg"]
+    records = []
+    counts = fetch_images([(i, f"{base}/{n}") for i, n in enumerate(names)], client=client(retries=1),
+                          store_factory=lambda: ObjectStore(str(tmp_path)), sink=records.extend, processes=0)
+    outcome = {r.url.rsplit("/", 1)[1]: r for r in records}
+    assert {n.rsplit("/", 1)[-1]: outcome[n.rsplit("/", 1)[-1]].status for n in names} == {
+        "a.jpg": "stored", "a-copy.jpg": "duplicate", "b.jpg": "stored", "missing.jpg": "rejected",
+        "html.jpg": "rejected", "cut.jpg": "error", "bomb.png": "rejected", "c.jpg": "disallowed",
+        "down.jpg": "error"}
+    assert outcome["a-copy.jpg"].duplicate_of == 0 and outcome["a-copy.jpg"].sha256 == outcome["a.jpg"].sha256
+    assert "decompression bomb" in outcome["bomb.png"].error and "truncated" in outcome["cut.jpg"].error
+    assert counts == {"stored": 2, "duplicate": 1, "error": 2, "rejected": 3, "disallowed": 1}
+    assert len(list(tmp_path.rglob("*.jpg"))) == 2
+
+
+def test_near_duplicates_are_linked_and_not_stored_twice(http_server, tmp_path):
+    from crawlers.image_pipeline import fetch_images
+    from curation.object_store import ObjectStore
+
+    base, routes = http_server
+    original = Image.merge("RGB", [Image.radial_gradient("L"), Image.linear_gradient("L"),
+                                   Image.linear_gradient("L").rotate(90)]).resize((256, 192)).rotate(20)
+    first, second = io.BytesIO(), io.BytesIO()
+    original.save(first, "JPEG", quality=95)
+    original.save(second, "JPEG", quality=60)  # the same picture, re-encoded: other bytes, same pHash
+    routes["/1.jpg"] = lambda h: h.reply(200, first.getvalue(), "image/jpeg")
+    routes["/2.jpg"] = lambda h: h.reply(200, second.getvalue(), "image/jpeg")
+    records = []
+    kwargs = dict(client=client(), store_factory=lambda: ObjectStore(str(tmp_path)), sink=records.extend,
+                  processes=0, threads=1, discard=lambda key: ObjectStore(str(tmp_path)).fs.rm(f"{tmp_path}/{key}"))
+    fetch_images([(1, base + "/1.jpg"), (2, base + "/2.jpg")], near_duplicate_bits=4, **kwargs)
+    assert [(r.status, r.duplicate_of) for r in records] == [("stored", None), ("duplicate", 1)]
+    assert len(list(tmp_path.rglob("*.jpg"))) == 1
+    records.clear()
+    fetch_images([(2, base + "/2.jpg")], near_duplicate_bits=None, **kwargs)  # exact only: kept apart
+    assert records[0].status == "stored"
+
+
+def noise_jpeg(seed: int = 0) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+# --- post sources ------------------------------------------------------------------------------
+
+class MemoryState:
+    """A CrawlState in memory (the catalog's is tested in test_crawl_resume.py)."""
+
+    def __init__(self):
+        self.urls, self.posts = {}, {}
+
+    def add(self, kind, urls):
+        new = [u for u in urls if u not in self.urls]
+        self.urls.update({u: {"kind": kind, "status": "pending"} for u in new})
+        return len(new)
+
+    def pending(self, kind, limit=None):
+        return [u for u, s in self.urls.items() if s["kind"] == kind and s["status"] in ("pending", "error")]
+
+    def validators(self, url):
+        s = self.urls.get(url, {})
+        return s.get("etag"), s.get("last_modified")
+
+    def validators_many(self, urls):
+        return {u: self.validators(u) for u in urls}
+
+    def record(self, url, status, **kw):
+        self.record_many([{"url": url, "status": status, **kw}])
+
+    def record_many(self, outcomes, posts=()):
+        new = sum(p.external_id not in self.posts for p in posts)
+        self.posts.update({p.external_id: p for p in posts})
+        for o in outcomes:
+            entry = self.urls.setdefault(o["url"], {"kind": o.get("kind", "list")})
+            entry.update({k: v for k, v in o.items() if v is not None and k != "url"})
+        return new
+
+
+def test_html_source_records_a_changed_layout_and_goes_on(http_server):
+    from crawlers.sharing_site import HtmlSiteSource
+    from crawlers.sources import crawl_posts
+
+    base, routes = http_server
+    routes["/posts"] = lambda h: h.reply(200, LIST_PAGE.replace('<a rel="next" href="/posts?page=2">Next</a>',
+                                                                '<a class="post-link" href="/private/p3">3</a>').encode())
+    routes["/post/p1"] = lambda h: h.reply(200, POST_PAGE.encode(), headers={"ETag": '"e1"'})
+    routes["/post/p2"] = lambda h: h.reply(200, b"<html><body><div class='new-post'>new layout</div></body></html>")
+    state = MemoryState()
+    result = crawl_posts(HtmlSiteSource(base), client(), state)
+    assert result == {"discovered": 3, "fetched": 3, "new_posts": 1}
+    assert state.urls[base + "/post/p1"]["status"] == "done"
+    assert state.urls[base + "/post/p2"]["status"] == "error" and "layout changed" in state.urls[base + "/post/p2"]["error"]
+    assert state.urls[base + "/private/p3"]["status"] == "disallowed" and routes.hits.get("/private/p3") is None
+    # Re-crawl: the changed page is tried again, the good one is not fetched again (it is done).
+    crawl_posts(HtmlSiteSource(base), client(), state)
+    assert routes.hits["/post/p1"] == 1 and routes.hits["/post/p2"] == 2
+
+
+def test_json_feed_source_with_pages_a_bad_item_and_conditional_refresh(http_server):
+    import json
+
+    from crawlers.sources import JsonFeedSource, crawl_posts
+
+    base, routes = http_server
+    page1 = {"posts": [{"id": "f1", "image": "/img/f1.jpg", "title": "A", "artist": "B", "favorites": "12"},
+                       {"id": "f2", "title": "no image"}], "next": "/feed?page=2"}
+    page2 = {"posts": [{"id": "f3", "url": base + "/p/f3", "image": "http://cdn.example/f3.jpg", "title": "C",
+                        "artist": "D", "duration": 200, "mood": "calm"}], "next": None}
+
+    def feed(h):
+        if "page=2" in h.path:
+            h.reply(200, json.dumps(page2).encode(), "application/json")
+        elif h.headers.get("If-None-Match") == '"v1"':
+            h.reply(304)
+        else:
+            h.reply(200, json.dumps(page1).encode(), "application/json", headers={"ETag": '"v1"'})
+
+    routes["/feed"] = feed
+    state = MemoryState()
+    result = crawl_posts(JsonFeedSource(base + "/feed"), client(), state)
+    assert result["discovered"] == 2 and set(state.posts) == {"f1", "f3"}
+    assert state.posts["f1"].image_url == base + "/img/f1.jpg" and state.posts["f1"].favorite_count == 12
+    assert state.posts["f3"].mood == "calm"
+    bad = [u for u, s in state.urls.items() if s["status"] == "error"]
+    assert len(bad) == 1 and "no 'image'" in state.urls[bad[0]]["error"]
+    assert crawl_posts(JsonFeedSource(base + "/feed"), client(), state)["discovered"] == 0  # 304: unchanged
+
+
+def test_file_import_csv_and_jsonl_with_urls_and_local_paths(tmp_path):
+    import json
+
+    from crawlers.sources import FileImportSource, crawl_posts
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "x.jpg").write_bytes(jpeg())
+    (tmp_path / "posts.csv").write_text(
+        "id,image,title,artist,favorites\n"
+        "c1,pics/x.jpg,Song,Band,3\n"
+        "c2,http://cdn.example/y.jpg,Other,Band,\n"
+        "c3,,Broken,Band,1\n")
+    state = MemoryState()
+    assert crawl_posts(FileImportSource(tmp_path / "posts.csv"), client(), state)["discovered"] == 2
+    assert state.posts["c1"].image_url == (tmp_path / "pics" / "x.jpg").resolve().as_uri()
+    assert [s["error"] for s in state.urls.values() if s["status"] == "error"] == [
+        f"{(tmp_path / 'posts.csv').as_uri()}#line-4: no 'image'"]
+    assert crawl_posts(FileImportSource(tmp_path / "posts.csv"), client(), state)["discovered"] == 0  # idempotent
+    (tmp_path / "posts.jsonl").write_text(json.dumps({"id": "j1", "image_path": str(tmp_path / "pics" / "x.jpg"),
+                                                      "title": "T", "artist": "A"}) + "\n{not json\n")
+    assert crawl_posts(FileImportSource(tmp_path / "posts.jsonl"), client(), state)["discovered"] == 1
+    assert any("invalid JSON" in (s.get("error") or "") for s in state.urls.values())
+
+
+def test_file_import_local_images_go_through_the_same_validation(tmp_path):
+    from crawlers.image_pipeline import fetch_images
+    from curation.object_store import ObjectStore
+
+    (tmp_path / "ok.jpg").write_bytes(jpeg())
+    (tmp_path / "fake.jpg").write_bytes(b"<html>")
+    records = []
+    fetch_images([(1, (tmp_path / "ok.jpg").as_uri()), (2, (tmp_path / "fake.jpg").as_uri()),
+                  (3, (tmp_path / "gone.jpg").as_uri())], client=client(),
+                 store_factory=lambda: ObjectStore(str(tmp_path / "store")), sink=records.extend, processes=0)
+    assert [r.status for r in sorted(records, key=lambda r: r.image_id)] == ["stored", "rejected", "rejected"]

@@ -43,7 +43,8 @@ def test_dags_import_cheaply(tmp_path):
     assert found["heavy"] == [], f"DAG files imported heavy modules at parse time: {found['heavy']}"
     # The first file pays for importing the Airflow SDK; each DAG's own parse is well under a second.
     assert found["timings"]["train"] < 1.0, found["timings"]
-    assert found["tasks"]["refresh"] == ["build_snapshot", "crawl_posts", "enqueue_review", "fetch_images",
-                                         "fetch_lyrics", "filter_lyrics", "migrate_catalog"]
+    assert found["tasks"]["refresh"] == ["build_snapshot", "crawl_posts", "discover_posts", "enqueue_review",
+                                         "fetch_images", "fetch_lyrics", "filter_lyrics", "migrate_catalog",
+                                         "plan_images"]
     assert found["tasks"]["train"] == ["choose_snapshot", "evaluate_model", "extract_tags", "report", "splits",
                                        "train_model"]

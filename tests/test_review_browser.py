@@ -42,6 +42,7 @@ def test_curator_works_the_queue_by_keyboard(browser, tmp_path):
     dialogs = []
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         page = browser.new_page()
+        page.set_default_timeout(60_000)  # two shared cores under a full test run can be slow
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
         page.goto(base + "/")
         assert page.url.endswith("/login")

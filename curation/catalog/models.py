@@ -72,7 +72,7 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | error
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | rejected | disallowed
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
@@ -81,6 +81,12 @@ class Image(Base):
     size_bytes: Mapped[int | None]
     content_type: Mapped[str | None] = mapped_column(String(100))
     fetched_at: Mapped[datetime | None]
+    # crawl (0004): a near-duplicate links to the image it duplicates (and shares its sha256: its own
+    # bytes are not kept); attempts bound the retries of transient errors.
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    http_status: Mapped[int | None]
+    __table_args__ = (Index("ix_images_status", "status"),)
 
 
 class Post(Base):

@@ -461,4 +461,6 @@ def serve(config: ReviewConfig, host: str = "127.0.0.1", port: int = 8070) -> No
     """Run the app with uvicorn (one process: the login limiter and rebuild counter live in memory)."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False, proxy_headers=False)
+    # Curators think for seconds between requests: keep their connections open that long.
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False, proxy_headers=False,
+                timeout_keep_alive=60)

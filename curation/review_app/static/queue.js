@@ -11,6 +11,7 @@
   let sending = 0;           // decisions on their way to the server
   let decided = 0;
   let editing = false;
+  let shown = null;          // the lease token on screen (a re-render of the same item keeps an edit open)
 
   async function api(path, body, attempts = 3) {
     for (let i = 0; ; i++) {
@@ -40,6 +41,8 @@
     $("status").textContent = decided + " decided in this session" + (queue.length > 1 ? " · next item ready" : "");
     $("item").hidden = !item;
     $("empty").hidden = !!item || claiming || sending > 0;
+    if (item && item.token === shown) return;
+    shown = item ? item.token : null;
     stopEditing();
     if (!item) return;
     $("title").textContent = item.title;
