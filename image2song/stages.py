@@ -247,20 +247,28 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
     return latest["path"]
 
 
+def _cell(metrics: dict, key: str) -> str:
+    # R@K is left out where K reaches the number of candidates (it would be 100% by construction).
+    return f"{metrics[key]:.1f}" if key in metrics else "–"
+
+
 def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
-    """One Markdown report per snapshot, with a row per split next to chance."""
+    """One Markdown report per snapshot: a row per split and direction, the model next to chance."""
     rows = sorted(evaluations, key=lambda e: e["split"])
     lines = [f"# Evaluation of snapshot {Path(snapshot_path).name}", "",
-             "Image → song retrieval over the held-out test songs (R@K in %, median rank: 1 is best).", "",
-             "| split | test queries | candidates | R@1 | R@5 | R@10 | MedR | chance R@1 | chance R@10 | chance MedR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "R@K in %; ranks are 1-based (MedR: median rank of the true item, lower is better).", "",
+             "| split | direction | queries | candidates | R@1 | R@5 | R@10 | MedR | chance R@1 | chance R@10 | chance MedR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in rows:
-        m, c = e["image_to_song"], e["chance"]
-        lines.append(f"| {e['split'].upper()} | {e['queries']} | {e['candidates']} | {m['R@1']:.1f} | {m['R@5']:.1f} | "
-                     f"{m['R@10']:.1f} | {m['MedR']:.1f} | {c['R@1']:.1f} | {c['R@10']:.1f} | {c['MedR']:.1f} |")
+        for key, direction in (("image_to_song", "image → song"), ("song_to_image", "song → image")):
+            d = e[key]
+            m, c = d["model"], d["chance"]
+            lines.append(f"| {e['split'].upper()} | {direction} | {d['n_queries']} | {d['n_candidates']} | "
+                         f"{_cell(m, 'R@1')} | {_cell(m, 'R@5')} | {_cell(m, 'R@10')} | {_cell(m, 'MedR')} | "
+                         f"{_cell(c, 'R@1')} | {_cell(c, 'R@10')} | {_cell(c, 'MedR')} |")
     out = settings.home / "reports" / f"{Path(snapshot_path).name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return {"report": str(out), "snapshot": snapshot_path,
-            "splits": {e["split"]: {"model_dir": e["model_dir"], **e["image_to_song"]} for e in rows},
+            "splits": {e["split"]: {"model_dir": e["model_dir"], **e["image_to_song"]["model"]} for e in rows},
             "table": "\n".join(lines[4:])}

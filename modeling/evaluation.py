@@ -269,5 +269,6 @@ def evaluate(
         ks=ks, extra={"model_dir": str(model_dir), "config": lm.config},
     )
     summary = summarize(report)
-    log.info("evaluation: split %s image->song %s (chance %s)", split, summary["image_to_song"]["model"], summary["image_to_song"]["chance"])
+    i2s = summary["image_to_song"]
+    log.info("evaluation: split %s image->song %s (chance %s)", split, i2s["model"], i2s["chance"])
     return summary

@@ -102,7 +102,14 @@ def _final_output(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> tupl
 
 
 class LyricEncoder(nn.Module):
-    def __init__(self, embeddings: np.ndarray | torch.Tensor, *, hidden: int = 128, attention: bool = False, attention_dim: int | None = None):
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        *,
+        hidden: int = 128,
+        attention: bool = False,
+        attention_dim: int | None = None,
+    ):
         super().__init__()
         emb = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
         self.embedding = nn.Embedding.from_pretrained(emb, freeze=True, padding_idx=0)

@@ -2,24 +2,28 @@
 
 Image representation (``ImageSpace``). The image is its 1000 tag probabilities; the model regresses
 a lyric onto a transformed copy of them and retrieval uses cosine similarity in that space.
-Options (``image_repr``):
+``image_repr`` picks the transform, ``center_images`` subtracts the training images' mean vector:
 
-- ``"sqrt"`` (default) ``sqrt(p)``: the Hellinger embedding. It has unit L2 norm already, and the
-  cosine of two images is the Bhattacharyya coefficient of their tag distributions;
-- ``"prob"``   the softmax probabilities as they are (the paper's choice with its 515 tags);
-- ``"l2"``     probabilities divided by their L2 norm;
-- ``"logstd"`` ``log(p + 1e-6)`` standardised per tag with the training images' mean and std.
+- ``"sqrt"`` + centring (the default): ``sqrt(p) - mean_train(sqrt(p))``. ``sqrt(p)`` (the
+  Hellinger embedding) has unit norm and spreads the signal beyond the top tag; centring removes
+  the component every image shares, which otherwise makes a few images (or songs) "hubs" that rank
+  high for every query;
+- ``"prob"`` the softmax probabilities as they are (the paper's choice with its 515 tags);
+- ``"l2"``   probabilities divided by their L2 norm;
+- ``"logstd"`` ``log(p + 1e-6)`` standardised per tag (always centred).
 
-Measured (MSE loss, no attention, mean of 3 seeds), on a benchmark of 415 real images (Tux Paint
-stamps tagged by EfficientNet-Lite0) paired with 83 "songs" (fortune-file poems with 8 caption words
-of their images mixed in), split B (83 candidates, chance R@5 6.0, MedR 42), 20 epochs,
-image -> song R@5 / MedR: sqrt 65.1 / 3, l2 52.6 / 5, prob 43.4 / 7, logstd 43.0 / 7.7
-(song -> image R@5: l2 39.8, prob 36.6, sqrt 34.9, logstd 42.6). Split A of that benchmark (16
-held-out songs) was at chance for all four. On the tests' synthetic task (tag vectors peaked on one
-class, 12 / 30 epochs) image -> song R@1 was l2 80 / 97.5, prob 35 / 70, sqrt 22.5 / 40,
-logstd 2.5 / 5 (chance 2.5): log-scaling, we think, gives the noisy tail of 1000 tiny
-probabilities as much weight as the few tags that carry the content. ``sqrt`` is the default
-(best on the real-image benchmark's main direction); ``l2`` is the runner-up.
+Measured (MSE, no attention, 20 epochs, mean of 3 seeds; R@1 / R@5 / MedR):
+
+- 415 real images (Tux Paint stamps, tagged by EfficientNet-Lite0) paired with 83 "songs" (fortune
+  poems with 8 caption words of their images mixed in), split B, chance 1.2 / 6.0 / 42:
+  sqrt+centre image->song 30.9 / 63.9 / 3.0, song->image 28.9 / 59.0 / 3.7;
+  sqrt 28.5 / 65.1 / 3.0 and 18.9 / 34.9 / 13.7; l2 26.5 / 52.6 / 5.0 and 18.1 / 39.8 / 9.3;
+  l2+centre 26.1 / 50.2 / 5.3 and 21.3 / 47.0 / 6.0; prob 20.9 / 43.4 / 7.0 and 18.5 / 36.5 / 10.0;
+  prob+centre 21.7 / 46.2 / 6.0 and 18.9 / 39.8 / 9.0; logstd 18.9 / 43.0 / 7.7 and 24.9 / 42.6 / 8.7.
+- the tests' synthetic task (tag vectors peaked on one class, 40 songs, chance R@1 2.5), image->song
+  / song->image R@1: sqrt+centre 83.3 / 60.8, sqrt 56.7 / 3.3, l2 97.5 / 79.2, l2+centre 99.2 / 82.5,
+  prob 74.2 / 50.8, logstd 2.5 / 5.8 (log-scaling gives the noisy tail of tiny probabilities as much
+  weight as the tags that carry the content).
 
 Saved file ``model.pt`` (``torch.load(..., weights_only=True)`` safe): ``state_dict``, ``config``,
 ``vocab`` (words), ``tag_names``, ``image_space``.
@@ -42,7 +46,7 @@ from modeling.lyric_encoder import DEFAULT_MAX_LEN, LyricEncoder, Vocabulary, pa
 
 IMAGE_REPRS = ("sqrt", "prob", "l2", "logstd")
 DEFAULT_IMAGE_REPR = "sqrt"
-DEFAULT_CENTER = False
+DEFAULT_CENTER = True
 TOP_K_TAGS = 5
 _LOG_EPS = 1e-6
 
@@ -94,7 +98,12 @@ class ImageSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "ImageSpace":
         mean, std = d.get("mean"), d.get("std")
-        return cls(d["repr"], None if mean is None else np.asarray(mean), None if std is None else np.asarray(std), bool(d.get("center", False)))
+        return cls(
+            d["repr"],
+            None if mean is None else np.asarray(mean),
+            None if std is None else np.asarray(std),
+            bool(d.get("center", False)),
+        )
 
 
 class Image2SongModel(nn.Module):
@@ -142,7 +151,15 @@ class Image2SongModel(nn.Module):
         return (out, s) if return_attention else out
 
 
-def save_model(path: str | os.PathLike, model: Image2SongModel, *, config: dict, vocab: Vocabulary, tag_names: Sequence[str], image_space: ImageSpace) -> Path:
+def save_model(
+    path: str | os.PathLike,
+    model: Image2SongModel,
+    *,
+    config: dict,
+    vocab: Vocabulary,
+    tag_names: Sequence[str],
+    image_space: ImageSpace,
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -197,7 +214,15 @@ class LoadedModel:
         return F.normalize(torch.cat(vecs), dim=-1)
 
     @torch.inference_mode()
-    def score(self, image_probs: np.ndarray, song_texts: Sequence[str], *, batch_size: int = 256, pair_batch: int = 2048, progress: bool = False) -> np.ndarray:
+    def score(
+        self,
+        image_probs: np.ndarray,
+        song_texts: Sequence[str],
+        *,
+        batch_size: int = 256,
+        pair_batch: int = 2048,
+        progress: bool = False,
+    ) -> np.ndarray:
         """Cosine similarity [I, S] between images (tag probs [I, T]) and songs (modeling_text).
 
         Without attention each song is encoded once; with attention every (image, song) pair is

@@ -76,20 +76,24 @@ def tags_schema(tag_names: list[str]) -> pa.Schema:
 
 
 def _open_image(object_store_root: str | os.PathLike, rel_path: str):
-    """Open ``rel_path`` below the object-store root (a local folder, or an fsspec URL)."""
-    from PIL import Image, ImageOps
-
+    """Open ``rel_path`` below the object-store root (a local folder, or an fsspec URL) as RGB."""
     root = str(object_store_root)
     if "://" in root:
         import fsspec
 
         with fsspec.open(root.rstrip("/") + "/" + rel_path.lstrip("/"), "rb") as fh:
-            img = Image.open(fh)
-            img.load()
-    else:
-        img = Image.open(Path(root) / rel_path)
+            return _decode(fh)
+    with open(Path(root) / rel_path, "rb") as fh:
+        return _decode(fh)
+
+
+def _decode(fh):
+    from PIL import Image, ImageOps
+
+    with Image.open(fh) as img:
+        img.draft("RGB", (RESIZE, RESIZE))  # JPEG: decode at a reduced scale that still covers 256 px
         img.load()
-    return _to_rgb(ImageOps.exif_transpose(img))
+        return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def _to_rgb(img):

@@ -249,10 +249,14 @@ def test_query_vector_is_mean_of_top5_tag_embeddings():
 
 def test_image_space_reprs():
     p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
-    np.testing.assert_allclose(np.linalg.norm(ImageSpace.fit(p, "l2").transform(p), axis=1), 1.0, rtol=1e-6)
-    z = ImageSpace.fit(p, "logstd").transform(p)
-    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
-    np.testing.assert_array_equal(ImageSpace.fit(p, "prob").transform(p), p)
+    np.testing.assert_allclose(np.linalg.norm(ImageSpace.fit(p, "l2", center=False).transform(p), axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(ImageSpace.fit(p, "prob", center=False).transform(p), p)
+    np.testing.assert_allclose(ImageSpace.fit(p, "sqrt", center=False).transform(p), np.sqrt(p), rtol=1e-6)
+    for repr in ("sqrt", "logstd", "l2"):  # centred on the training images
+        space = ImageSpace.fit(p, repr, center=True)
+        np.testing.assert_allclose(space.transform(p).mean(0), 0.0, atol=1e-5)
+        again = ImageSpace.from_dict(space.to_dict())
+        np.testing.assert_array_equal(again.transform(p[:1]), space.transform(p[:1]))
     with pytest.raises(ValueError):
         ImageSpace.fit(p, "nope")
 
@@ -312,9 +316,9 @@ def test_training_learns_and_beats_chance(trained):
     report = ev.evaluate(root / "model", snap, tags, progress=False)
     i2s = report["image_to_song"]
     assert i2s["n_queries"] == N_SONGS and i2s["n_candidates"] == N_SONGS
-    assert i2s["model"]["R@5"] >= 3 * i2s["chance"]["R@5"]
+    assert i2s["model"]["R@5"] >= 5 * i2s["chance"]["R@5"]
     assert i2s["model"]["MedR"] <= i2s["chance"]["MedR"] / 3
-    assert report["song_to_image"]["model"]["R@5"] >= 2 * report["song_to_image"]["chance"]["R@5"]
+    assert report["song_to_image"]["model"]["R@5"] >= 3 * report["song_to_image"]["chance"]["R@5"]
     md = (root / "model" / "report.md").read_text()
     assert "| metric | model | chance |" in md and "R@10" in md
     assert json.loads((root / "model" / "report.json").read_text())["image_to_song"]["model"] == i2s["model"]
