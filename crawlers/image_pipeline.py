@@ -23,8 +23,10 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
@@ -208,6 +210,20 @@ def _run_threads(tasks, client, store, options, threads, collector) -> None:
             collector.take([result])
 
 
+@contextmanager
+def _main_script_hidden():
+    """Spawned workers need only this module; they must not re-run the parent's main script, which
+    under Airflow is the `airflow` command itself (multiprocessing re-runs ``__main__.__file__``)."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def _run_processes(tasks, client, store_factory, options, threads, processes, collector) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of a parent that holds threads and connections
     task_queue, result_queue = context.Queue(maxsize=processes * 8), context.Queue()
@@ -215,8 +231,9 @@ def _run_processes(tasks, client, store_factory, options, threads, processes, co
     config["per_host"] = max(1, client.per_host // processes)  # the host's budget, shared out
     workers = [context.Process(target=_worker, daemon=True, args=(
         task_queue, result_queue, config, options, store_factory, threads, os.getpid())) for _ in range(processes)]
-    for worker in workers:
-        worker.start()
+    with _main_script_hidden():
+        for worker in workers:
+            worker.start()
 
     def feed():
         for start in range(0, len(tasks), 32):

@@ -548,3 +548,48 @@ def test_file_import_local_images_go_through_the_same_validation(tmp_path):
                   (3, (tmp_path / "gone.jpg").as_uri())], client=client(),
                  store_factory=lambda: ObjectStore(str(tmp_path / "store")), sink=records.extend, processes=0)
     assert [r.status for r in sorted(records, key=lambda r: r.image_id)] == ["stored", "rejected", "rejected"]
+
+
+WORKER_HOST_SCRIPT = '''
+import functools, io, json, sys, threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from PIL import Image
+
+# Top-level code with no main guard, as in a console script such as `airflow`: spawned image
+# workers must not run it again.
+with open(sys.argv[1], "a") as runs:
+    runs.write("ran\\n")
+
+from crawlers.http import PoliteClient
+from crawlers.image_pipeline import fetch_images
+from curation.object_store import ObjectStore
+
+folder = sys.argv[2]
+for i in range(8):
+    Image.new("RGB", (64, 64), (i * 30, 255 - i * 30, (i * 90) % 256)).save(f"{folder}/{i}.jpg", quality=90)
+handler = functools.partial(SimpleHTTPRequestHandler, directory=folder)
+handler.log_message = lambda *a: None
+server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+base = f"http://127.0.0.1:{server.server_address[1]}"
+records = []
+counts = fetch_images([(i, f"{base}/{i}.jpg") for i in range(8)], client=PoliteClient("test (t@example.invalid)"),
+                      store_factory=functools.partial(ObjectStore, f"{folder}/store"), sink=records.extend,
+                      processes=2, threads=2, near_duplicate_bits=None)
+print(json.dumps(counts))
+server.shutdown()
+'''
+
+
+def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script, runs = tmp_path / "host.py", tmp_path / "runs.txt"
+    script.write_text(WORKER_HOST_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(runs), str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stored"] == 8
+    assert runs.read_text() == "ran\n", "a worker process ran the parent's main script again"
