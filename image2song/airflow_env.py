@@ -86,15 +86,26 @@ class Standalone:
             time.sleep(1)
         raise TimeoutError(f"Airflow did not become healthy in {timeout:.0f}s; see {self.log_path}")
 
-    def stop(self, timeout: float = 60) -> None:
-        if not self.process or self.process.poll() is not None:
+    def stop(self, timeout: float = 45) -> None:
+        """SIGINT to `airflow standalone`, which stops its components; then whatever is left in its
+        process group is killed, so nothing outlives the demo or a test."""
+        if not self.process:
             return
-        os.killpg(self.process.pid, signal.SIGINT)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def __enter__(self) -> "Standalone":
         return self.start()
