@@ -364,6 +364,16 @@ def undo_last(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, 
 
 def settle(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None) -> dict:
     """An admin's final word on an item (a disputed one, usually): applied whatever its slots say."""
+    return _decide_outright(db_url, item_id, decision, actor, corrected_text, action="settle")
+
+
+def decide(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None) -> dict:
+    """Record a decision on an item directly (the terminal's `review decide`), without a lease."""
+    return _decide_outright(db_url, item_id, decision, actor, corrected_text, action="decide")
+
+
+def _decide_outright(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None,
+                     *, action: str) -> dict:
     _check(decision, corrected_text)
     now = _now()
     with _write(db_url) as session:
@@ -376,27 +386,8 @@ def settle(db_url: str, item_id: int, decision: str, actor: str, corrected_text:
         session.execute(update(ReviewAssignment).where(ReviewAssignment.item_id == item.id,
                                                        ReviewAssignment.state.in_(("open", "leased")))
                         .values(state="closed"))
-        session.add(ReviewEvent(item_id=item.id, actor=actor, action="settle", before=before,
-                                after=_snapshot(item, candidate), at=now))
-        return {"item": item.id, "decision": decision, "verdict": candidate.verdict}
-
-
-def decide(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None) -> dict:
-    """Record a decision on an item directly (the terminal's `review decide`), without a lease."""
-    _check(decision, corrected_text)
-    now = _now()
-    with _write(db_url) as session:
-        item = session.get(ReviewItem, item_id)
-        if item is None:
-            raise LookupError(f"no review item {item_id}")
-        candidate = session.get(LyricCandidate, item.candidate_id)
-        before = _snapshot(item, candidate)
-        _apply(session, item, decision, corrected_text, actor, now)
-        session.execute(update(ReviewAssignment).where(ReviewAssignment.item_id == item.id,
-                                                       ReviewAssignment.state.in_(("open", "leased")))
-                        .values(state="closed"))
         after = _snapshot(item, candidate)
-        session.add(ReviewEvent(item_id=item.id, actor=actor, action="decide", before=before, after=after, at=now))
+        session.add(ReviewEvent(item_id=item.id, actor=actor, action=action, before=before, after=after, at=now))
         return {"item": item.id, "decision": decision, "verdict": after["verdict"]}
 
 
