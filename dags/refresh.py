@@ -7,11 +7,11 @@ Wiring only: each task calls one stage of image2song.stages; heavy imports happe
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk.exceptions import AirflowSkipException
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
 
-from image2song.assets import SNAPSHOT
 from image2song import stages
+from image2song.assets import SNAPSHOT
 from image2song.settings import Settings
 
 _schedule = Settings.from_env().refresh_schedule
@@ -42,7 +42,7 @@ def refresh():
     def crawl_posts(shard: dict) -> dict:
         return stages.crawl(Settings.from_env(), discover=False, **shard)
 
-    @task(trigger_rule="all_done")
+    @task
     def plan_images() -> list[dict]:
         return stages.plan_images(Settings.from_env())["shards"]
 

@@ -139,7 +139,7 @@ def test_lyric_kinds_are_what_truth_says(posts, records, truth):
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = build_corpus(tmp_path / "a", seed=3, n_posts=60, image_size=64, progress=False)
-    b = build_corpus(tmp_path / "b", seed=3, n_posts=60, image_size=64, progress=False)
+    build_corpus(tmp_path / "b", seed=3, n_posts=60, image_size=64, progress=False)
     c = build_corpus(tmp_path / "c", seed=4, n_posts=60, image_size=64, progress=False, write_images=False)
     assert a.images_written == 60 and c.images_written == 0
     for name in ("posts.jsonl", "lyrics.jsonl", "truth.json"):
