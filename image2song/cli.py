@@ -322,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:  # Alembic narrates every migration step; say only what goes wrong
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args, Settings.from_env())
     except (LookupError, FileNotFoundError, ValueError) as error:
