@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="only serve the demo site and lyric API until Ctrl-C")
 
     p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
-    p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all")
+    p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all",
+                   help="post pages, their images, or both (default)")
     p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
     p.add_argument("--workers", type=int, default=8, help="concurrent post page fetches (default 8)")
     p.add_argument("--source", help="instead of the sharing site: feed:URL (JSON feed) or file:PATH (CSV/JSONL import)")
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="link images whose pHash differs in at most this many bits (default 2)")
 
     p = add("lyrics", cmd_lyrics, "fetch lyrics for new songs, then filter them (and queue the uncertain)")
-    p.add_argument("action", nargs="?", choices=["fetch", "filter", "all"], default="all")
+    p.add_argument("action", nargs="?", choices=["fetch", "filter", "all"], default="all",
+                   help="fetch from the lyric API, filter (and queue the uncertain), or both (default)")
 
     p = add("review", cmd_review, "work the review queue: the web app for curators, or the terminal",
             "`serve` starts the curators' web app on 127.0.0.1; `add-curator NAME` creates an account "
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--snapshot", help="version or folder (default latest)")
         p.add_argument("--split", choices=["a", "b"], default="a", help="the paper's split A or B (default a)")
         if name == "train":
-            p.add_argument("--epochs", type=int, default=5)
+            p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
             p.add_argument("--attention", action="store_true", help="use the paper's tag attention")
         else:
             p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
