@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -149,6 +149,3 @@ def fetch_image(client: PoliteClient, url: str, options: ImageOptions | None = N
     return validate_image(response.content, declared_type=response.headers.get("content-type"), url=url,
                           options=options)
 
-
-def without_data(image: FetchedImage) -> FetchedImage:
-    return replace(image, data=b"")

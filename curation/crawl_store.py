@@ -12,7 +12,6 @@ from typing import Iterable
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from crawlers.images import FetchedImage
 from crawlers.lyrics import LyricHit, normalize
 from crawlers.sources import PostRecord
 from curation.catalog import CrawlUrl, Image, LyricCandidate, Post, Song, Source, session_scope
@@ -181,10 +180,6 @@ def image_tasks(db_url: str, *, shard: int = 0, shards: int = 1, limit: int | No
         return [(row.id, row.url) for row in session.execute(query)]
 
 
-def images_to_fetch(db_url: str, limit: int | None = None) -> list[str]:
-    return [url for _, url in image_tasks(db_url, limit=limit)]
-
-
 def kept_images(db_url: str) -> list[tuple[int, str, str, str | None]]:
     """(id, phash, sha256, content type) of the images kept as originals, for near-duplicate checks."""
     with session_scope(db_url) as session:
@@ -212,19 +207,6 @@ def record_images(db_url: str, results: list) -> None:
             sha256=bindparam("b_sha"), phash=bindparam("b_phash"), width=bindparam("b_w"),
             height=bindparam("b_h"), size_bytes=bindparam("b_size"), content_type=bindparam("b_type"),
             duplicate_of=bindparam("b_dup"), fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
-
-
-def record_image(db_url: str, url: str, *, fetched: FetchedImage | None = None, error: str | None = None) -> None:
-    with session_scope(db_url) as session:
-        image = session.scalar(select(Image).where(Image.url == url))
-        image.fetched_at, image.attempts = now(), (image.attempts or 0) + 1
-        if fetched is None:
-            image.status, image.error = "error", error
-            return
-        image.status, image.error = "stored", None
-        image.sha256, image.phash = fetched.sha256, fetched.phash
-        image.width, image.height = fetched.width, fetched.height
-        image.size_bytes, image.content_type = len(fetched.data), fetched.content_type
 
 
 def image_key(sha256: str, content_type: str) -> str:

@@ -576,13 +576,3 @@ def export_decisions(db_url: str) -> list[dict]:
                  "decided_at": _aware(item.decided_at).isoformat() if item.decided_at else None,
                  "corrected_text": item.corrected_text, "votes": " ".join(votes.get(item.id, []))}
                 for item, candidate, song in rows]
-
-
-def decisions_since(db_url: str, event_id: int) -> tuple[int, int]:
-    """(decisions recorded after audit event ``event_id``, the latest event id)."""
-    with _read(db_url) as session:
-        latest = session.scalar(select(func.max(ReviewEvent.id))) or 0
-        count = session.scalar(select(func.count()).select_from(ReviewEvent).where(
-            ReviewEvent.id > event_id, ReviewEvent.action.in_(("decide", "settle"))))
-    return count, latest
-

@@ -7,11 +7,12 @@ import io
 import numpy as np
 from PIL import Image
 
+from crawlers.image_pipeline import ImageResult
 from crawlers.images import validate_image
 from crawlers.lyrics import LyricHit
 from crawlers.sharing_site import PostRecord
 from curation.crawl_store import (
-    ensure_source, images_to_fetch, record_image, songs_without_lyrics, store_lyric, store_posts,
+    ensure_source, image_tasks, record_images, songs_without_lyrics, store_lyric, store_posts,
 )
 from curation.lyric_filters import filter_pending
 
@@ -37,10 +38,13 @@ def fill_catalog(db_url: str, songs: int = 12, posts_per_song: int = 6, german: 
                           f"Song {s}", f"Artist {s % 3}", None, 200, "happy" if p == 0 else None, (p * 13 + s) % 50)
                for s in range(songs) for p in range(posts_per_song)]
     store_posts(db_url, source, records)
-    for url in images_to_fetch(db_url):
+    results = []
+    for image_id, url in image_tasks(db_url):
         song, post = url.rsplit("/", 1)[1].split(".")[0].split("-")
-        index = int(song) * 1000 + int(post)  # stable per URL
-        record_image(db_url, url, fetched=validate_image(jpeg(index), declared_type="image/jpeg"))
+        image = validate_image(jpeg(int(song) * 1000 + int(post)), declared_type="image/jpeg")  # stable per URL
+        results.append(ImageResult(image_id, url, "stored", None, 200, image.sha256, image.phash, image.width,
+                                   image.height, len(image.data), image.content_type))
+    record_images(db_url, results)
     for song in songs_without_lyrics(db_url, "lrclib"):
         number = int(song["title"].split()[1])
         text = GERMAN if number in german else ENGLISH + f" verse {number}"
