@@ -22,11 +22,10 @@ import threading
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from typing import Iterator
 from urllib.parse import quote_plus
 
-from sqlalchemy import DateTime, Engine, String, and_, bindparam, case, create_engine, exists, func, select, update
+from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from curation.catalog import (
@@ -70,18 +69,9 @@ _sqlite_writers: dict[str, threading.Lock] = {}
 _sqlite_writers_guard = threading.Lock()
 
 
-@lru_cache(maxsize=8)
-def _engine(db_url: str) -> Engine:
-    """The catalog's engine; on PostgreSQL one whose pool holds a connection per busy web worker,
-    so twenty curators do not open (fork) a server connection per request."""
-    if db_url.startswith("sqlite"):
-        return engine_for(db_url)
-    return create_engine(db_url, pool_pre_ping=True, pool_size=24, max_overflow=16)
-
-
 @contextmanager
 def _read(db_url: str) -> Iterator[Session]:
-    session = Session(_engine(db_url), expire_on_commit=False)
+    session = Session(engine_for(db_url), expire_on_commit=False)
     try:
         with session.begin():
             yield session
@@ -93,7 +83,7 @@ def _read(db_url: str) -> Iterator[Session]:
 def _write(db_url: str) -> Iterator[Session]:
     """A short write transaction: ``BEGIN IMMEDIATE`` on SQLite (writers queue on a Python lock first),
     a plain transaction on PostgreSQL (claims there lock rows with SKIP LOCKED)."""
-    engine = _engine(db_url)
+    engine = engine_for(db_url)
     if engine.dialect.name != "sqlite":
         session = Session(engine, expire_on_commit=False)
         try:

@@ -38,7 +38,8 @@ def engine_for(db_url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.info.get("immediate") else "BEGIN")
 
         return engine
-    return create_engine(db_url, pool_pre_ping=True)
+    # A connection per busy web worker (twenty curators at once), so requests do not open new ones.
+    return create_engine(db_url, pool_pre_ping=True, pool_size=24, max_overflow=16)
 
 
 @contextmanager
