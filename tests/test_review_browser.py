@@ -56,8 +56,14 @@ def test_curator_works_the_queue_by_keyboard(browser, tmp_path):
             return page.text_content("#item-id")
 
         def wait_shown(item: str, same: bool = False) -> None:
-            page.wait_for_function("([item, same]) => (document.querySelector('#item-id').textContent === item) === same",
-                                   arg=[item, same])
+            try:
+                page.wait_for_function(
+                    "([item, same]) => (document.querySelector('#item-id').textContent === item) === same",
+                    arg=[item, same])
+            except Exception as error:  # say what the page said, so a failure can be told apart
+                raise AssertionError(f"waiting for {item} {'on' if same else 'off'} screen: status "
+                                     f"{page.text_content('#status')!r}, message {page.text_content('#message')!r}, "
+                                     f"focus {page.evaluate('document.activeElement.id')!r}") from error
 
         # the first item (highest priority is the last created): images load, text is text
         seen = [current()]

@@ -109,7 +109,14 @@
     area.focus();
   }
 
-  function stopEditing() { editing = false; $("editor").hidden = true; $("lyric").hidden = false; }
+  function stopEditing() {
+    editing = false;
+    // Hiding the editor does not move focus at once: blur it, or the next key (u, a, …) lands in the
+    // hidden textarea and is ignored.
+    $("corrected").blur();
+    $("editor").hidden = true;
+    $("lyric").hidden = false;
+  }
 
   function saveEdit() {
     const text = $("corrected").value;
