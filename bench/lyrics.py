@@ -99,9 +99,9 @@ def pipeline(posts: int, workers: int) -> None:
 
 
 def language_id(repeat: int) -> None:
-    from curation.lyric_eval import judge_cases, load_labelled, score_filters
-    from curation.lyric_filters import FilterConfig, detect_language
-    from curation.lyric_text import clean_lyric
+    from curation.lyrics.evaluation import judge_cases, load_labelled, score_filters
+    from curation.lyrics.filters import FilterConfig, detect_language
+    from curation.lyrics.text import clean_lyric
 
     cases = load_labelled(LABELLED)
     texts = [clean_lyric(c["hit"]["plain"]) for c in cases if c["hit"] and c["hit"]["plain"]]

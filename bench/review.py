@@ -37,8 +37,8 @@ POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 def seed(db_url: str, items: int, curators: int) -> None:
     from curation.catalog import Image, LyricCandidate, Post, Song, Source, session_scope, upgrade
-    from curation.review_app.users import add_curator
-    from curation.review_queue import enqueue_reviews
+    from curation.review.users import add_curator
+    from curation.review.queue import enqueue_reviews
 
     upgrade(db_url)
     with session_scope(db_url) as session:
@@ -71,7 +71,7 @@ def start_server(db_url: str) -> tuple[subprocess.Popen, str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    code = ("import sys; sys.path.insert(0, sys.argv[3]); from curation.review_app import ReviewConfig, serve; "
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); from curation.review.app import ReviewConfig, serve; "
             "import logging; logging.disable(logging.INFO); "
             "serve(ReviewConfig(db_url=sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]))")
     process = subprocess.Popen([sys.executable, "-c", code, db_url, str(port), str(ROOT)],

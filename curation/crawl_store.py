@@ -227,7 +227,7 @@ def songs_without_lyrics(db_url: str, provider: str) -> list[dict]:
 def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) -> None:
     """Keep what the provider answered, a hit or "none found", as the song's candidate (idempotent).
     A failed request is not an answer: the caller stores nothing, and the next run asks again."""
-    from curation.lyric_text import text_hash
+    from curation.lyrics.text import text_hash
 
     with session_scope(db_url) as session:
         candidate = session.scalar(select(LyricCandidate).where(

@@ -47,7 +47,7 @@ def cmd_lyrics(args, settings: Settings) -> int:
 
 
 def cmd_review(args, settings: Settings) -> int:
-    from curation import review_queue
+    from curation.review import queue as review_queue
 
     if args.action == "list":
         items = review_queue.pending_items(settings.db_url, limit=args.limit)
@@ -62,7 +62,7 @@ def cmd_review(args, settings: Settings) -> int:
         text = sys.stdin.read() if args.decision == "edit" and args.text == "-" else args.text
         _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text))
     elif args.action in ("add-curator", "disable-curator", "curators"):
-        from curation.review_app import users
+        from curation.review import users
 
         if args.action == "curators":
             for user in users.list_curators(settings.db_url):
@@ -82,7 +82,7 @@ def cmd_review(args, settings: Settings) -> int:
                     raise ValueError("the passwords differ")
             _show(users.add_curator(settings.db_url, name, password, args.role, replace=args.replace))
     elif args.action == "serve":
-        from curation.review_app import ReviewConfig, serve
+        from curation.review.app import ReviewConfig, serve
 
         on_rebuild = None
         if args.airflow_url:
@@ -109,7 +109,7 @@ def _curator_name(args) -> str:
 
 
 def cmd_snapshot(args, settings: Settings) -> int:
-    from curation import snapshots
+    from curation.snapshots import build as snapshots
 
     try:
         if args.action == "build":
@@ -128,7 +128,7 @@ def cmd_snapshot(args, settings: Settings) -> int:
         elif args.action == "show":
             path = stages.resolve_snapshot(settings, args.version)
             if args.json:
-                from curation.snapshot_reader import read_manifest
+                from curation.snapshots.reader import read_manifest
 
                 _show(read_manifest(path))
             else:

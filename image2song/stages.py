@@ -130,7 +130,7 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
     from crawlers.http import Disallowed, FetchError
     from crawlers.lyrics import CachedProvider, LrclibProvider
     from curation.crawl_store import songs_without_lyrics, store_lyric
-    from curation.lyric_cache import CatalogLyricCache
+    from curation.lyrics.cache import CatalogLyricCache
 
     provider = provider or LrclibProvider(settings.lyrics_url, _client(settings))
     if cache:
@@ -167,9 +167,9 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
 
 
 def filter_lyrics(settings: Settings, config=None) -> dict:
-    """Judge every pending lyric candidate (``curation.lyric_filters.FilterConfig`` holds the thresholds);
+    """Judge every pending lyric candidate (``curation.lyrics.filters.FilterConfig`` holds the thresholds);
     returns and logs the run's counts: judged, approved, rejected, review, and per reason kind."""
-    from curation.lyric_filters import FilterConfig, filter_pending
+    from curation.lyrics.filters import FilterConfig, filter_pending
 
     counts = filter_pending(settings.db_url, config or FilterConfig())
     log.info("lyric verdicts: %d judged, %d approved, %d rejected (%s), %d sent to review (%s)",
@@ -181,7 +181,7 @@ def filter_lyrics(settings: Settings, config=None) -> dict:
 
 
 def enqueue_review(settings: Settings) -> dict:
-    from curation.review_queue import enqueue_reviews
+    from curation.review.queue import enqueue_reviews
 
     return enqueue_reviews(settings.db_url)
 

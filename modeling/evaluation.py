@@ -130,7 +130,7 @@ Scorer = Callable[[TestSet], np.ndarray]
 
 
 def build_test_set(snapshot_dir: str | os.PathLike, tags_path: str | os.PathLike, split: str) -> TestSet:
-    from curation.snapshot_reader import load_snapshot
+    from curation.snapshots.reader import load_snapshot
     from modeling.training import split_pairs, tag_lookup
 
     snap = load_snapshot(snapshot_dir)

@@ -12,7 +12,7 @@ class SongSearcher:
     """Keeps the model, the tagger and the snapshot's songs loaded for repeated queries."""
 
     def __init__(self, model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike, *, tags_model=None, device: str = "auto"):
-        from curation.snapshot_reader import load_snapshot
+        from curation.snapshots.reader import load_snapshot
         from modeling.model import load_model
         from modeling.tagging import Tagger
 

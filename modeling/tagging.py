@@ -253,7 +253,7 @@ def extract_tags(
     import torch
     from tqdm.auto import tqdm
 
-    from curation.snapshot_reader import load_snapshot
+    from curation.snapshots.reader import load_snapshot
 
     t0 = time.perf_counter()
     out_path = Path(out_path)

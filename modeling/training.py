@@ -107,7 +107,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from curation.snapshot_reader import load_snapshot
+    from curation.snapshots.reader import load_snapshot
     from modeling.word_vectors import load_word_vectors
 
     if loss not in LOSSES:

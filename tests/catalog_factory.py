@@ -14,7 +14,7 @@ from crawlers.sharing_site import PostRecord
 from curation.crawl_store import (
     ensure_source, image_tasks, record_images, songs_without_lyrics, store_lyric, store_posts,
 )
-from curation.lyric_filters import filter_pending
+from curation.lyrics.filters import filter_pending
 
 ENGLISH = ("I walked along the river in the morning light, the water singing softly to the sky, "
            "and every bird was calling out your name across the silver fields of home tonight.")

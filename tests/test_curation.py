@@ -10,9 +10,9 @@ from catalog_factory import fill_catalog
 from crawlers.sharing_site import PostRecord
 from curation.catalog import LyricCandidate, Post, ReviewEvent, session_scope
 from curation.crawl_store import CatalogCrawlState, ensure_source, store_posts
-from curation.lyric_filters import judge
-from curation.lyric_text import clean_lyric, modeling_tokens
-from curation.review_queue import decide, enqueue_reviews, pending_items
+from curation.lyrics.filters import judge
+from curation.lyrics.text import clean_lyric, modeling_tokens
+from curation.review.queue import decide, enqueue_reviews, pending_items
 
 ENGLISH = ("I walked along the river in the morning light, the water singing softly to the sky, "
            "and every bird was calling out your name across the silver fields of home tonight.")

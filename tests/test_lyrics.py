@@ -17,10 +17,10 @@ from crawlers.lyrics import (
 )
 from curation.catalog import LyricCandidate, Song, session_scope
 from curation.crawl_store import songs_without_lyrics, store_lyric
-from curation.lyric_cache import CatalogLyricCache
-from curation.lyric_eval import judge_cases, load_labelled, score_filters
-from curation.lyric_filters import FilterConfig, Lyric, detect_language, filter_pending, judge, judge_many
-from curation.lyric_text import clean_lyric, modeling_tokens, text_hash, title_in_text
+from curation.lyrics.cache import CatalogLyricCache
+from curation.lyrics.evaluation import judge_cases, load_labelled, score_filters
+from curation.lyrics.filters import FilterConfig, Lyric, detect_language, filter_pending, judge, judge_many
+from curation.lyrics.text import clean_lyric, modeling_tokens, text_hash, title_in_text
 
 LABELLED = Path(__file__).parent / "data" / "lyrics_labelled.jsonl"
 ENGLISH = ("I walked along the river in the morning light, the water singing softly to the sky, "

@@ -1,6 +1,6 @@
 """Tests for the modeling package: tagging, word vectors, encoder/model, training, evaluation, retrieval.
 
-CPU only; builds its own tiny snapshots (contract of ``curation/snapshot_reader.py``) in tmp_path.
+CPU only; builds its own tiny snapshots (contract of ``curation/snapshots/reader.py``) in tmp_path.
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from curation import review_queue as rq
+from curation.review import queue as rq
 from curation.catalog import ReviewEvent, ReviewItem, session_scope
 from curation.catalog.models import ReviewAssignment
-from curation.review_app import ReviewConfig, create_app
-from curation.review_app.users import add_curator
+from curation.review.app import ReviewConfig, create_app
+from curation.review.users import add_curator
 from test_review_queue import make_items
 
 PASSWORD = "correct horse battery"

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from curation.catalog import LyricCandidate, ReviewEvent, ReviewItem, session_scope
-from curation.review_app import ReviewConfig
-from curation.review_app.users import add_curator
+from curation.review.app import ReviewConfig
+from curation.review.users import add_curator
 from test_review_app import HOSTILE, PASSWORD, running_app
 from test_review_queue import make_items
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from curation import review_queue as rq
+from curation.review import queue as rq
 from curation.catalog import Image, LyricCandidate, Post, ReviewEvent, ReviewItem, Song, Source, session_scope
 from curation.catalog.models import ReviewAssignment
 

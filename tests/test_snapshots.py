@@ -13,11 +13,11 @@ from sqlalchemy import select, update
 
 from catalog_factory import fill_catalog
 from curation.catalog import Image, LyricCandidate, Post, session_scope
-from curation.review_queue import decide, enqueue_reviews, pending_items
-from curation.snapshot_leakage import close_value_pairs, components, near_duplicate_pairs
-from curation.snapshot_reader import load_snapshot, read_manifest, verify_snapshot
-from curation.snapshot_recipe import assign_splits
-from curation.snapshot_store import SnapshotStore
+from curation.review.queue import decide, enqueue_reviews, pending_items
+from curation.snapshots.leakage import close_value_pairs, components, near_duplicate_pairs
+from curation.snapshots.reader import load_snapshot, read_manifest, verify_snapshot
+from curation.snapshots.recipe import assign_splits
+from curation.snapshots.store import SnapshotStore
 from curation.snapshots import (
     Recipe, SnapshotError, build_snapshot, check_leakage, diff_snapshots, latest_snapshot, list_snapshots,
 )
@@ -109,7 +109,7 @@ def test_snapshot_without_enough_songs_is_a_clear_error(db_url, tmp_path):
 
 
 def test_failed_build_leaves_no_half_snapshot(db_url, tmp_path, monkeypatch):
-    import curation.snapshots as snapshots
+    import curation.snapshots.build as snapshots
 
     fill_catalog(db_url)
 

@@ -122,7 +122,7 @@ class LyricCandidate(Base):
     scores: Mapped[dict] = mapped_column(default=dict)
     decided_by: Mapped[str | None] = mapped_column(String(100))  # "filters" or a curator
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    text_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # lyric_text.text_hash: duplicates
+    text_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # lyrics.text.text_hash: duplicates
     song: Mapped[Song] = relationship(back_populates="candidates")
     __table_args__ = (UniqueConstraint("song_id", "provider", name="uq_lyric_candidates_song_provider"),)
 

@@ -1,13 +1,13 @@
 """Snapshots: immutable, versioned Parquet datasets built from approved catalog rows.
 
-The default recipe is the paper's protocol (``snapshot_recipe.Recipe``): songs with at least 5 posts,
+The default recipe is the paper's protocol (``recipe.Recipe``): songs with at least 5 posts,
 per song the 5 posts with the highest favorite counts; split A holds out 100 songs (with all their
 images) for test; split B holds out one of each song's images. Membership is seeded and deterministic.
 
-A build selects inside the database (``snapshot_select``: window functions, rows streamed in chunks),
+A build selects inside the database (``select``: window functions, rows streamed in chunks),
 assigns the splits, checks for leakage (no image, nor a near duplicate by perceptual hash, in both train
 and test: the build fails otherwise), writes the Parquet files with explicit Arrow schemas, a manifest
-and a datasheet into a staging folder, and publishes atomically (``snapshot_store``), locally or on any
+and a datasheet into a staging folder, and publishes atomically (``store``), locally or on any
 fsspec URL. When the data files come out byte-identical to the latest snapshot's, nothing is published.
 """
 
@@ -28,13 +28,13 @@ from sqlalchemy import select
 
 from curation.catalog import SnapshotRecord, session_scope
 from curation.crawl_store import image_key
-from curation.datasheet import write_datasheet
-from curation.lyric_text import modeling_tokens
-from curation.snapshot_leakage import cross_matches
-from curation.snapshot_reader import read_manifest, read_table
-from curation.snapshot_recipe import Recipe, SnapshotError, assign_splits
-from curation.snapshot_select import CHUNK_ROWS, catalog_state, eligible_figures, read_kept, song_rows
-from curation.snapshot_store import MANIFEST, SnapshotStore
+from curation.snapshots.datasheet import write_datasheet
+from curation.lyrics.text import modeling_tokens
+from curation.snapshots.leakage import cross_matches
+from curation.snapshots.reader import read_manifest, read_table
+from curation.snapshots.recipe import Recipe, SnapshotError, assign_splits
+from curation.snapshots.select import CHUNK_ROWS, catalog_state, eligible_figures, read_kept, song_rows
+from curation.snapshots.store import MANIFEST, SnapshotStore
 
 log = logging.getLogger(__name__)
 

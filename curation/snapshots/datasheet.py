@@ -162,7 +162,7 @@ people, nor for judging users by their posts. Favorite counts measure popularity
 
 ## Distribution
 Parquet files (zstd) with a JSON manifest listing every file's sha256; read with pandas, pyarrow or
-DuckDB, or `curation.snapshot_reader.load_snapshot`. Images are referenced by content hash
+DuckDB, or `curation.snapshots.reader.load_snapshot`. Images are referenced by content hash
 (`image_sha256`, `image_path` inside the object store), not copied. Lyrics may be under copyright:
 share this snapshot only where their licences allow.
 

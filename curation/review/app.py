@@ -29,8 +29,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from curation import review_queue as rq
-from curation.review_app import users
+from curation.review import queue as rq
+from curation.review import users
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-from curation.lyric_text import clean_lyric, text_hash, title_in_text
+from curation.lyrics.text import clean_lyric, text_hash, title_in_text
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Publishing is atomic for readers on both:
 - **Object stores** (S3 and alike) have no rename (a "move" is a copy of every object, then a delete), so
   the commit is the manifest: files are staged on local disk, uploaded under ``<root>/<version>/``
   (a fresh, never-reused prefix) and ``manifest.json`` goes last, in one PUT, which S3 makes visible
-  atomically. A snapshot exists only once its manifest does: readers (``snapshot_reader``), listings and
+  atomically. A snapshot exists only once its manifest does: readers (``reader``), listings and
   the catalog's snapshot list never look at a prefix without one, and a reader can check each file
   against the size and sha256 the manifest lists. A failed upload removes what it wrote (what a crash
   leaves behind has no manifest, so no reader sees it; ``orphans()`` lists such prefixes).

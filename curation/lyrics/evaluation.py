@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crawlers.lyrics import match_score
-from curation.lyric_filters import FilterConfig, Lyric, Verdict, judge_many
+from curation.lyrics.filters import FilterConfig, Lyric, Verdict, judge_many
 
 # filter -> (the reason kinds by which it decides, the label it should catch)
 FILTERS = {

@@ -8,7 +8,7 @@ Membership is drawn by a keyed hash (BLAKE2b of seed and key), not by a random s
 and seed give the same membership on any machine and NumPy version, and a song keeps its side of split
 A when other songs join the catalog (it moves only if a newcomer takes its place among the held-out).
 
-Near-duplicate images (perceptual hashes within ``near_duplicate_bits``, see ``snapshot_leakage``) must
+Near-duplicate images (perceptual hashes within ``near_duplicate_bits``, see ``leakage``) must
 never sit on both sides of a split, so the assignment avoids it by construction: split A holds out
 whole groups of songs linked by near-duplicate images; split B holds out only images with no near
 duplicate among the kept ones. The leakage check in ``snapshots`` then verifies the result independently.
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
-from curation.snapshot_leakage import MAX_BITS_LIMIT, components, near_duplicate_pairs
+from curation.snapshots.leakage import MAX_BITS_LIMIT, components, near_duplicate_pairs
 
 
 class SnapshotError(RuntimeError):

@@ -17,7 +17,7 @@ import pyarrow as pa
 from sqlalchemy import func, select
 
 from curation.catalog import Image, LyricCandidate, Post, ReviewEvent, ReviewItem, Song, Source, engine_for
-from curation.snapshot_recipe import Recipe
+from curation.snapshots.recipe import Recipe
 
 CHUNK_ROWS = 50_000
 
