@@ -128,6 +128,18 @@ def _record_urls(session: Session, source_id: int, outcomes: list[dict]) -> None
         fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
 
 
+def posted_time(value: str | None) -> datetime | None:
+    """A site's post time (ISO 8601) as an aware datetime (UTC when it names no zone); None when absent
+    or unreadable (the tie-break then falls back to the post id)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def song_key(title: str, artist: str) -> str:
     return f"{normalize(title)}|{normalize(artist)}"
 
@@ -155,7 +167,8 @@ def _store_posts(session: Session, source_id: int, posts: list[PostRecord]) -> i
     at = now()
     rows = [{"source_id": source_id, "external_id": p.external_id, "url": p.url,
              "song_id": song_ids[song_key(p.title, p.artist)], "image_id": image_ids[p.image_url],
-             "mood": p.mood, "favorite_count": p.favorite_count, "crawled_at": at} for p in posts]
+             "mood": p.mood, "favorite_count": p.favorite_count, "crawled_at": at,
+             "posted_at": posted_time(p.posted_at)} for p in posts]
     _insert_ignore(session, Post, [r for r in rows if r["external_id"] not in existing], ["source_id", "external_id"])
     changed = [{**{f"b_{k}": v for k, v in r.items()}} for r in rows if r["external_id"] in existing]
     if changed:
@@ -164,7 +177,7 @@ def _store_posts(session: Session, source_id: int, posts: list[PostRecord]) -> i
                                             table.c.external_id == bindparam("b_external_id")).values(
             url=bindparam("b_url"), song_id=bindparam("b_song_id"), image_id=bindparam("b_image_id"),
             mood=bindparam("b_mood"), favorite_count=bindparam("b_favorite_count"),
-            crawled_at=bindparam("b_crawled_at")), changed)
+            crawled_at=bindparam("b_crawled_at"), posted_at=bindparam("b_posted_at")), changed)
     return len(posts) - len(existing)
 
 
