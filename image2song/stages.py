@@ -259,7 +259,7 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
             if fs.exists(f"{root.rstrip('/')}/manifest.json"):
                 return str(Path(root)) if "://" not in candidate else candidate
         raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for manifest.json in {', '.join(candidates)})")
-    latest = latest_snapshot(settings.db_url)
+    latest = latest_snapshot(settings.db_url, settings.snapshots)
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")
     return latest["path"]
