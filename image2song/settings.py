@@ -12,6 +12,9 @@ IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to r
 IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_DATASET_LICENSE  the licence under which snapshots are shared (the datasheet states it)
+IMAGE2SONG_MAINTAINER     who maintains the snapshots and how to reach them (the datasheet states it)
+IMAGE2SONG_RETENTION      how long snapshots are kept and how removal requests are handled (datasheet)
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SITE_PORT = 8765
 DEMO_LYRICS_PORT = 8766
+DEFAULT_LICENSE = ("no licence granted: for research use by the operator only; images, lyrics and post "
+                   "metadata remain their owners' (set IMAGE2SONG_DATASET_LICENSE)")
+DEFAULT_MAINTAINER = "the operator of this image2song installation (set IMAGE2SONG_MAINTAINER to a name and contact)"
+DEFAULT_RETENTION = ("snapshots are kept until the maintainer deletes them; a post removed at its source or on "
+                     "request is left out of the next snapshot, and older snapshots holding it are deleted on "
+                     "request (set IMAGE2SONG_RETENTION)")
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,9 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    dataset_license: str = DEFAULT_LICENSE
+    maintainer: str = DEFAULT_MAINTAINER
+    retention: str = DEFAULT_RETENTION
 
     @property
     def snapshots(self) -> Path:
@@ -73,6 +85,9 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            dataset_license=env.get("IMAGE2SONG_DATASET_LICENSE", DEFAULT_LICENSE),
+            maintainer=env.get("IMAGE2SONG_MAINTAINER", DEFAULT_MAINTAINER),
+            retention=env.get("IMAGE2SONG_RETENTION", DEFAULT_RETENTION),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,6 +97,7 @@ class Settings:
             "object_store": "IMAGE2SONG_OBJECT_STORE", "site_url": "IMAGE2SONG_SITE_URL",
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "user_agent": "IMAGE2SONG_USER_AGENT",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED",
+            "seed": "IMAGE2SONG_SEED", "dataset_license": "IMAGE2SONG_DATASET_LICENSE",
+            "maintainer": "IMAGE2SONG_MAINTAINER", "retention": "IMAGE2SONG_RETENTION",
         }
         return {names[f.name]: str(getattr(self, f.name)) for f in fields(self)}

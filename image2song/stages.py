@@ -213,7 +213,10 @@ def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int 
     recipe = Recipe(min_posts=min_posts, posts_per_song=posts_per_song, test_songs=test_songs,
                     test_images_per_song=test_images_per_song, near_duplicate_bits=near_duplicate_bits,
                     seed=settings.seed if seed is None else seed)
-    return build(settings.db_url, settings.snapshots, recipe)
+    return build(settings.db_url, settings.snapshots, recipe,
+                 dataset={"license": settings.dataset_license, "maintainer": settings.maintainer,
+                          "retention": settings.retention, "sources": [settings.site_url],
+                          "lyrics_provider": settings.lyrics_url, "user_agent": settings.user_agent})
 
 
 def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
