@@ -8,7 +8,7 @@ import time
 import pytest
 from PIL import Image
 
-from crawlers.http import Disallowed, FetchError, PoliteClient
+from crawlers.http import LOOPBACK, Disallowed, FetchError, PoliteClient, host_of
 from crawlers.images import BadImage, fetch_image, validate_image
 from crawlers.lyrics import LrclibProvider, normalize
 from crawlers.sharing_site import ParseError, parse_list_page, parse_post_page
@@ -17,7 +17,7 @@ UA = "image2song-tests/0 (contact: tests@example.invalid)"
 
 
 def client(**kwargs) -> PoliteClient:
-    return PoliteClient(UA, backoff=0.01, **kwargs)
+    return PoliteClient(UA, **{"backoff": 0.01, "allow": LOOPBACK, **kwargs})
 
 
 def jpeg(size=(32, 32), color=(200, 30, 30)) -> bytes:
@@ -270,13 +270,58 @@ def test_redirects_are_followed_within_a_bound_and_checked_against_robots(http_s
     assert routes.hits.get("/private/x") is None
 
 
-def test_robots_txt_answering_5xx_disallows_the_host(http_server):
+def test_robots_txt_unavailable_disallows_the_host_for_now_then_recovers(http_server):
+    """A 503 (even with Retry-After: 86400) or a 429 on robots.txt: nothing is fetched, the error is
+    temporary (RobotsUnavailable, not Disallowed), the wait is bounded, and the host is crawled once the
+    rules answer again."""
+    from crawlers.http import RobotsUnavailable
+
     base, routes = http_server
-    routes["/robots.txt"] = lambda h: h.reply(503, b"down")
+    answer = {"status": 503}
+    routes["/robots.txt"] = lambda h: h.reply(answer["status"], b"down", headers={"Retry-After": "86400"})
     routes["/page"] = lambda h: h.reply(200, b"x")
-    with pytest.raises(Disallowed):
-        client(retries=0).get(base + "/page")
+    polite = client(retries=0, robots_retry=0.3)
+    with pytest.raises(RobotsUnavailable, match="HTTP 503"):
+        polite.get(base + "/page")
+    answer["status"] = 429
+    time.sleep(0.35)
+    with pytest.raises(RobotsUnavailable, match="HTTP 429"):
+        polite.get(base + "/page")
     assert routes.hits.get("/page") is None
+    answer["status"] = 404
+    time.sleep(0.35)
+    assert polite.get(base + "/page").content == b"x"
+
+
+@pytest.mark.parametrize("rules, allowed, disallowed", [
+    ("Disallow: /*.gif$\n", ["/a.gif?x=1", "/a.png"], ["/a.gif", "/dir/b.gif"]),  # wildcard and end anchor
+    ("Disallow: /private*/secret\n", ["/private/open"], ["/private/secret", "/privately/x/secret"]),
+    ("Disallow: /posts\nAllow: /posts/public\n", ["/posts/public/1"], ["/posts/1"]),  # longest match wins
+    ("Allow: /posts/public\nDisallow: /posts\n", ["/posts/public/1"], ["/posts/1"]),  # whatever the order
+    ("Disallow: /exact$\n", ["/exact/more", "/exactly"], ["/exact"]),
+    ("Disallow: /\nAllow: /$\n", ["/"], ["/page"]),
+])
+def test_robots_rules_follow_rfc_9309(http_server, rules, allowed, disallowed):
+    base, routes = http_server
+    routes["/robots.txt"] = lambda h: h.reply(200, ("User-agent: *\n" + rules).encode(), "text/plain")
+    polite = client()
+    assert [path for path in allowed + disallowed if polite.allowed(base + path)] == allowed
+
+
+def test_robots_group_for_our_product_token_and_4xx_means_allow_all(http_server):
+    base, routes = http_server
+    routes["/robots.txt"] = lambda h: h.reply(
+        200, b"User-agent: otherbot\nDisallow:\n\nUser-agent: image2song\nDisallow: /mine\n", "text/plain")
+    assert not client().allowed(base + "/mine") and client().allowed(base + "/other")
+    routes["/robots.txt"] = lambda h: h.reply(403, b"forbidden")
+    assert client().allowed(base + "/mine")
+
+
+def test_robots_txt_beyond_the_size_cap_is_cut(http_server):
+    base, routes = http_server
+    padding = b"# padding\n" * 60_000  # 600 KB of comments before the rule
+    routes["/robots.txt"] = lambda h: h.reply(200, b"User-agent: *\n" + padding + b"Disallow: /late\n", "text/plain")
+    assert client().allowed(base + "/late")  # the rule lies beyond 512 KiB: never read
 
 
 def test_robots_is_read_once_per_host_and_crawl_delay_is_honoured(http_server):
@@ -573,7 +618,7 @@ server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 base = f"http://127.0.0.1:{server.server_address[1]}"
 records = []
-counts = fetch_images([(i, f"{base}/{i}.jpg") for i in range(8)], client=PoliteClient("test (t@example.invalid)"),
+counts = fetch_images([(i, f"{base}/{i}.jpg") for i in range(8)], client=PoliteClient("test (t@example.invalid)", allow=("127.0.0.1",)),
                       store_factory=functools.partial(ObjectStore, f"{folder}/store"), sink=records.extend,
                       processes=2, threads=2, near_duplicate_bits=None)
 print(json.dumps(counts))
@@ -593,3 +638,174 @@ def test_worker_processes_do_not_rerun_the_main_script(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["stored"] == 8
     assert runs.read_text() == "ran\n", "a worker process ran the parent's main script again"
+
+
+# --- egress policy (issue 14) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "file:///dev/zero", "ftp://127.0.0.1/x", "gopher://127.0.0.1/",
+                                 "data:text/plain,hello", "/relative/path", "http:///nohost"])
+def test_only_http_and_https_urls_are_fetched(url):
+    from crawlers.http import Refused
+
+    with pytest.raises(Refused):
+        client().get(url)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                                     "100.64.0.1", "0.0.0.0", "224.0.1.1", "240.0.0.1", "255.255.255.255",
+                                     "::1", "fe80::1", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+                                     "2002:7f00:1::1", "::", "2001:db8::1"])
+def test_non_public_addresses_are_refused_unless_allowed(address):
+    from crawlers.http import EgressPolicy
+
+    assert not EgressPolicy().permits(address)
+    assert EgressPolicy(["0.0.0.0/0", "::/0"]).permits(address)
+    assert EgressPolicy().permits("93.184.215.14") and EgressPolicy().permits("2606:4700::1111")
+
+
+def test_loopback_is_refused_by_default_before_any_connection(http_server):
+    from crawlers.http import Refused
+
+    base, routes = http_server
+    with pytest.raises(Refused, match="loopback, private"):
+        PoliteClient(UA).get(base + "/page")
+    with pytest.raises(Refused):
+        PoliteClient(UA).get(base.replace("127.0.0.1", "[::ffff:127.0.0.1]") + "/page")
+    assert routes.hits == {}  # not even robots.txt was asked for
+
+
+def test_every_redirect_hop_is_checked(http_server):
+    from crawlers.http import Refused
+
+    base, routes = http_server
+    port = base.rsplit(":", 1)[1]
+    targets = {"/to-metadata": "http://169.254.169.254/latest/meta-data/",
+               "/to-file": "file:///etc/passwd",
+               "/to-other-loopback": f"http://127.0.0.2:{port}/internal"}
+    for path, location in targets.items():
+        routes[path] = lambda h, location=location: h.reply(302, headers={"Location": location})
+    polite = client(allow=["127.0.0.1/32"])
+    for path in targets:
+        with pytest.raises(Refused):
+            polite.get(base + path)
+    assert routes.hits.get("/internal") is None
+
+
+def test_the_checked_address_is_the_one_connected_to(http_server, monkeypatch):
+    """A host name is resolved once, checked, and the connection goes to that address with the name in
+    the Host header: DNS never gets a second say between check and connect."""
+    import socket
+
+    base, routes = http_server
+    port = int(base.rsplit(":", 1)[1])
+    real, asked, hosts = socket.getaddrinfo, [], []
+
+    def fake(host, *args, **kwargs):
+        if host == "site.test":
+            asked.append(host)
+            if len(asked) > 1:  # a rebinding resolver: any later answer points elsewhere
+                return real("10.0.0.1", port, *args[1:], **kwargs)
+            return real("127.0.0.1", port, *args[1:], **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    routes["/page"] = lambda h: (hosts.append(h.headers["Host"]), h.reply(200, b"ok"))
+    polite = client()
+    assert polite.get(f"http://site.test:{port}/page").content == b"ok"
+    assert hosts == [f"site.test:{port}"] and asked == ["site.test"]
+
+
+def test_without_a_contact_only_loopback_is_fetched(http_server, monkeypatch):
+    import socket
+
+    base, routes = http_server
+    routes["/page"] = lambda h: h.reply(200, b"ok")
+    seen = []
+    routes["/ua"] = lambda h: (seen.append(h.headers["User-Agent"]), h.reply(200, b"ok"))
+    anonymous = PoliteClient(None, allow=LOOPBACK)
+    anonymous.get(base + "/ua")
+    assert seen[0].startswith("image2song")
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real(
+        "93.184.215.14" if host == "public.test" else host, *a, **k))
+    with pytest.raises(FetchError, match="IMAGE2SONG_CONTACT"):
+        anonymous.get("http://public.test/page")
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline(http_server):
+    """Slow loris: headers, then one byte at a time within the read timeout; the overall deadline
+    ends the request (and the same for headers sent one byte at a time)."""
+    base, routes = http_server
+
+    def trickle_body(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "100")
+        h.end_headers()
+        try:
+            for _ in range(100):
+                h.wfile.write(b"x")
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    def trickle_headers(h):
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 100:
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+        h.close_connection = True
+
+    routes["/trickle"] = trickle_body
+    routes["/trickle-headers"] = trickle_headers
+    for path in ("/trickle", "/trickle-headers"):
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="deadline"):
+            client(deadline=0.5, read_timeout=2.0, retries=2).get(base + path)
+        assert time.monotonic() - started < 5.0  # not 10 s of trickle, nor 3 retries of it
+
+
+def test_page_charset_from_http_then_meta_then_detection(http_server):
+    base, routes = http_server
+    latin = "<html><head><meta charset='iso-8859-1'></head><body>Café Déjà Vu</body></html>".encode("latin-1")
+    routes["/meta"] = lambda h: h.reply(200, latin, "text/html")
+    routes["/unknown"] = lambda h: h.reply(200, "Café".encode(), "text/html; charset=no-such-charset")
+    routes["/header"] = lambda h: h.reply(200, "Café".encode("cp1252"), "text/html; charset=windows-1252")
+    polite = client()
+    assert "Café Déjà Vu" in polite.get(base + "/meta").text
+    assert polite.get(base + "/unknown").text == "Café"
+    assert polite.get(base + "/header").text == "Café"
+
+
+def test_after_a_429_no_request_goes_before_retry_after_and_the_slow_down_fades_with_time(http_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crawlers.pacing import LocalPacer
+
+    base, routes = http_server
+    stamps = []
+
+    def limited(h):
+        stamps.append(time.monotonic())
+        if len(stamps) == 1:
+            h.reply(429, b"", headers={"Retry-After": "0.5"})
+        else:
+            h.reply(200, b"ok")
+
+    routes["/l"] = limited
+    pacer = LocalPacer(fade=1.0)
+    polite = client(pacer=pacer, max_backoff=2)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(polite.get, base + "/l")
+        while not stamps:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the 429 has been answered; seven more requests want to go
+        list(pool.map(lambda _: polite.get(base + "/l"), range(7)))
+        first.result()
+    assert min(stamps[1:]) - stamps[0] >= 0.45, "requests went out during Retry-After"
+    assert pacer.busy(host_of(base))
+    time.sleep(1.1)
+    assert not pacer.busy(host_of(base)), "the slow-down fades with time"
