@@ -6,15 +6,17 @@ stage re-run after a crash neither duplicates nor loses rows.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Iterable
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from crawlers.lyrics import LyricHit, normalize
+from crawlers.pacing import FADE_SECONDS, faded
 from crawlers.sources import PostRecord
-from curation.catalog import CrawlUrl, Image, LyricCandidate, Post, Song, Source, session_scope
+from curation.catalog import CrawlUrl, HostPace, Image, LyricCandidate, Post, Song, Source, session_scope
 
 MAX_ATTEMPTS = 3
 SUFFIXES = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}
@@ -248,3 +250,67 @@ def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) 
                                 "matched_duration": hit.duration, "synced": bool(hit.synced and not hit.plain)}
         candidate.text_hash = text_hash(candidate.text)
         candidate.verdict, candidate.reason, candidate.decided_by = "pending", None, None
+
+
+class CatalogPacer:
+    """``crawlers.pacing.Pacer`` through the catalog: every process and shard that crawls into one
+    catalog books its slots in the ``host_pace`` table, so the per-host delay, Crawl-delay and the
+    slow-down after a 429/503 hold for the crawl as a whole. Each booking is one UPDATE … RETURNING
+    (atomic on SQLite and PostgreSQL, no extra service); ``busy`` is read at most once a second per
+    host, so a host with no delay (loopback) costs no catalog round trip per request."""
+
+    shared = True
+
+    def __init__(self, db_url: str, fade: float = FADE_SECONDS, refresh: float = 1.0):
+        self.db_url, self.fade, self.refresh = db_url, fade, refresh
+        self._seen: dict[str, tuple[float, float, float, float]] = {}  # host → (read at, next_at, penalty, at)
+
+    def __reduce__(self):
+        return CatalogPacer, (self.db_url, self.fade, self.refresh)
+
+    def _penalty_now(self, table, now: float):
+        return case((table.c.penalty_at + self.fade > now,
+                     table.c.penalty * (table.c.penalty_at + self.fade - now) / self.fade), else_=0.0)
+
+    def _update(self, host: str, values, returning):
+        table = HostPace.__table__
+        statement = update(table).where(table.c.host == host).values(**values).returning(*returning)
+        with session_scope(self.db_url) as session:
+            row = session.execute(statement).first()
+            if row is None:
+                _insert_ignore(session, HostPace, [{"host": host, "next_at": 0.0, "penalty": 0.0,
+                                                    "penalty_at": 0.0}], ["host"])
+                row = session.execute(statement).first()
+        return row
+
+    def reserve(self, host: str, delay: float) -> float:
+        table, now = HostPace.__table__, time.time()
+        penalty = self._penalty_now(table, now)
+        step = case((penalty > delay, penalty), else_=literal(float(delay)))
+        start = case((table.c.next_at > now, table.c.next_at), else_=literal(now))
+        next_at, step_taken = self._update(host, {"next_at": start + step}, (table.c.next_at, step))
+        return next_at - step_taken
+
+    def slow_down(self, host: str, penalty: float, retry_after: float | None, max_penalty: float) -> float:
+        table, now = HostPace.__table__, time.time()
+        doubled = 2 * self._penalty_now(table, now)
+        raised = case((doubled > penalty, doubled), else_=literal(float(penalty)))
+        new_penalty = case((raised > max_penalty, literal(float(max_penalty))), else_=raised)
+        wait = literal(float(retry_after)) if retry_after is not None else new_penalty
+        resume = case((table.c.next_at > now + wait, table.c.next_at), else_=now + wait)
+        row = self._update(host, {"penalty": new_penalty, "penalty_at": now, "next_at": resume},
+                           (table.c.penalty,))
+        self._seen.pop(host, None)
+        return row[0]
+
+    def busy(self, host: str) -> bool:
+        now = time.time()
+        seen = self._seen.get(host)
+        if seen is None or now - seen[0] > self.refresh:
+            with session_scope(self.db_url) as session:
+                row = session.execute(select(HostPace.next_at, HostPace.penalty, HostPace.penalty_at)
+                                      .where(HostPace.host == host)).first()
+            seen = (now, *(row or (0.0, 0.0, 0.0)))
+            self._seen[host] = seen
+        _, next_at, penalty, penalty_at = seen
+        return next_at > now or faded(penalty, penalty_at, now, self.fade) > 0

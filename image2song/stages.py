@@ -14,8 +14,13 @@ log = logging.getLogger("image2song")
 
 
 def _client(settings: Settings, **options):
+    """The one HTTP client of a stage: the operator's contact in its User-Agent, the egress policy's
+    allowed networks, and one pace per host booked in the catalog (shared by every process and shard)."""
     from crawlers.http import PoliteClient
+    from curation.crawl_store import CatalogPacer
 
+    options = {"allow": settings.allow_networks, "min_delay": settings.host_delay,
+               "pacer": CatalogPacer(settings.db_url), **options}
     return PoliteClient(settings.user_agent, **options)
 
 
@@ -88,7 +93,7 @@ def plan_images(settings: Settings, *, shard_size: int = 20000, max_shards: int 
 
 def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shards: int = 1,
                  resize: int | None = None, quality: int = 90, near_duplicate_bits: int | None = 2,
-                 processes: int | None = None, per_host: int = 8, min_delay: float = 0.0) -> dict:
+                 processes: int | None = None, per_host: int = 8, min_delay: float | None = None) -> dict:
     """Download, validate and store every image of this shard not stored yet (content-addressed);
     near-duplicates are linked to the image they duplicate. ``workers``: downloads in flight per
     process; ``processes``: worker processes (default: one per core for large jobs)."""
@@ -111,7 +116,8 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
             pass
 
     with tqdm(total=len(tasks), desc=f"images {shard + 1}/{shards}", unit="img", mininterval=2) as bar:
-        counts = run(tasks, client=_client(settings, per_host=per_host, min_delay=min_delay),
+        pace = {} if min_delay is None else {"min_delay": min_delay}
+        counts = run(tasks, client=_client(settings, per_host=per_host, **pace),
                      store_factory=functools.partial(ObjectStore, settings.object_store),
                      sink=functools.partial(record_images, settings.db_url),
                      options=ImageOptions(resize=resize, quality=quality),

@@ -54,6 +54,18 @@ class CrawlUrl(Base):
     )
 
 
+class HostPace(Base):
+    """One pace per host for the whole crawl (0006): every worker process and shard books its requests'
+    slots here. Times are wall-clock seconds since the epoch; ``penalty`` (seconds between requests)
+    is the slow-down a 429/503 caused at ``penalty_at``, fading with time."""
+
+    __tablename__ = "host_pace"
+    host: Mapped[str] = mapped_column(String(300), primary_key=True)  # scheme://host:port
+    next_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
 class Song(Base):
     __tablename__ = "songs"
     id: Mapped[int] = mapped_column(primary_key=True)
