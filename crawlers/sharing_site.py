@@ -65,7 +65,16 @@ def parse_post_page(html: str, url: str) -> PostRecord:
         duration=_int(_text(article, ".song-duration", required=False, url=url), "duration", url),
         mood=_text(article, ".mood", required=False, url=url),
         favorite_count=_int(_text(article, ".favorites", required=False, url=url), "favorites", url) or 0,
+        posted_at=_posted(article),
     )
+
+
+def _posted(article) -> str | None:
+    """The site's time of the post (``<time class="posted" datetime="…">``), or None."""
+    posted = article.select_one("time.posted[datetime]")
+    if posted is None:
+        return None
+    return posted["datetime"].strip() or None
 
 
 def discover(client: PoliteClient, state: CrawlState, start_url: str, *, max_pages: int | None = None) -> int:

@@ -48,6 +48,7 @@ class PostRecord:
     duration: int | None
     mood: str | None
     favorite_count: int
+    posted_at: str | None = None  # the site's time of the post (ISO 8601), when it shows one
 
 
 class PostSource(Protocol):
@@ -126,7 +127,8 @@ def post_from_dict(row: dict, *, where: str, base: str = "", image_base: Path | 
     return PostRecord(external_id=external_id, url=text("url") or f"{base or where}#{external_id}",
                       image_url=image, title=text("title", required=True), artist=text("artist", required=True),
                       album=text("album"), duration=number("duration"), mood=text("mood"),
-                      favorite_count=number("favorites", "favorite_count") or 0)
+                      favorite_count=number("favorites", "favorite_count") or 0,
+                      posted_at=text("posted_at", "created_at"))
 
 
 class JsonFeedSource:

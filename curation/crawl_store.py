@@ -13,8 +13,9 @@ from typing import Iterable
 from sqlalchemy import bindparam, case, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from crawlers.lyrics import LyricHit, normalize
+from crawlers.lyrics import MAX_TEXT_CHARS, LyricHit, normalize
 from crawlers.pacing import FADE_SECONDS, faded
+from crawlers.text import safe_text
 from crawlers.sources import PostRecord
 from curation.catalog import CrawlUrl, HostPace, Image, LyricCandidate, Post, Song, Source, session_scope
 
@@ -130,6 +131,18 @@ def _record_urls(session: Session, source_id: int, outcomes: list[dict]) -> None
         fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
 
 
+def posted_time(value: str | None) -> datetime | None:
+    """A site's post time (ISO 8601) as an aware datetime (UTC when it names no zone); None when absent
+    or unreadable (the tie-break then falls back to the post id)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def song_key(title: str, artist: str) -> str:
     return f"{normalize(title)}|{normalize(artist)}"
 
@@ -157,7 +170,8 @@ def _store_posts(session: Session, source_id: int, posts: list[PostRecord]) -> i
     at = now()
     rows = [{"source_id": source_id, "external_id": p.external_id, "url": p.url,
              "song_id": song_ids[song_key(p.title, p.artist)], "image_id": image_ids[p.image_url],
-             "mood": p.mood, "favorite_count": p.favorite_count, "crawled_at": at} for p in posts]
+             "mood": p.mood, "favorite_count": p.favorite_count, "crawled_at": at,
+             "posted_at": posted_time(p.posted_at)} for p in posts]
     _insert_ignore(session, Post, [r for r in rows if r["external_id"] not in existing], ["source_id", "external_id"])
     changed = [{**{f"b_{k}": v for k, v in r.items()}} for r in rows if r["external_id"] in existing]
     if changed:
@@ -166,7 +180,7 @@ def _store_posts(session: Session, source_id: int, posts: list[PostRecord]) -> i
                                             table.c.external_id == bindparam("b_external_id")).values(
             url=bindparam("b_url"), song_id=bindparam("b_song_id"), image_id=bindparam("b_image_id"),
             mood=bindparam("b_mood"), favorite_count=bindparam("b_favorite_count"),
-            crawled_at=bindparam("b_crawled_at")), changed)
+            crawled_at=bindparam("b_crawled_at"), posted_at=bindparam("b_posted_at")), changed)
     return len(posts) - len(existing)
 
 
@@ -217,39 +231,83 @@ def image_key(sha256: str, content_type: str) -> str:
     return ObjectStore.key_for(sha256, SUFFIXES.get(content_type, ""))
 
 
-def songs_without_lyrics(db_url: str, provider: str) -> list[dict]:
-    """Songs that have no candidate from ``provider`` yet (a failed request left none: asked again)."""
+LYRIC_ATTEMPTS = 3  # runs in which the provider failed for a song before a curator takes it over
+
+
+def songs_without_lyrics(db_url: str, provider: str, max_attempts: int = LYRIC_ATTEMPTS) -> list[dict]:
+    """Songs to ask ``provider`` about: those with no candidate from it yet, and those whose last
+    request failed (verdict "error") fewer than ``max_attempts`` times."""
     with session_scope(db_url) as session:
-        has_candidate = select(LyricCandidate.song_id).where(LyricCandidate.provider == provider)
-        rows = session.scalars(select(Song).where(Song.id.not_in(has_candidate)).order_by(Song.id))
+        answered = select(LyricCandidate.song_id).where(
+            LyricCandidate.provider == provider,
+            (LyricCandidate.verdict != "error") | (LyricCandidate.attempts >= max_attempts))
+        rows = session.scalars(select(Song).where(Song.id.not_in(answered)).order_by(Song.id))
         return [{"id": s.id, "title": s.title, "artist": s.artist, "album": s.album, "duration": s.duration}
                 for s in rows]
 
 
+def _candidate(session: Session, song_id: int, provider: str) -> LyricCandidate:
+    candidate = session.scalar(select(LyricCandidate).where(
+        LyricCandidate.song_id == song_id, LyricCandidate.provider == provider))
+    if candidate is None:
+        candidate = LyricCandidate(song_id=song_id, provider=provider, attempts=0)
+        session.add(candidate)
+    return candidate
+
+
 def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) -> None:
     """Keep what the provider answered, a hit or "none found", as the song's candidate (idempotent).
-    A failed request is not an answer: the caller stores nothing, and the next run asks again."""
+    Every string is made safe first (``crawlers.text.safe_text``: lone surrogates, NUL, invalid text),
+    the original bytes' SHA-256 kept in ``original_sha256`` when anything changed."""
     from curation.lyrics.text import text_hash
 
     with session_scope(db_url) as session:
-        candidate = session.scalar(select(LyricCandidate).where(
-            LyricCandidate.song_id == song_id, LyricCandidate.provider == provider))
-        if candidate is None:
-            candidate = LyricCandidate(song_id=song_id, provider=provider)
-            session.add(candidate)
+        candidate = _candidate(session, song_id, provider)
+        candidate.error, candidate.original_sha256 = None, None
         if hit is None:
             candidate.text, candidate.match_score = None, 0.0
             candidate.match_reason = "the provider has no lyric for this song"
+            candidate.scores = {}
         else:
-            candidate.provider_track_id = hit.track_id
+            text_sha = hit.original_sha256
             # The original text, as the provider gave it (curators see it); synced lyrics only when
             # there is no plain text (cleaning drops their timestamps for modeling).
-            candidate.text = hit.plain if (hit.plain or "").strip() else hit.synced
-            candidate.instrumental, candidate.match_score, candidate.match_reason = hit.instrumental, hit.score, hit.reason
-            candidate.scores = {"matched_title": hit.title, "matched_artist": hit.artist,
+            raw = hit.plain if (hit.plain or "").strip() else hit.synced
+            text, changed = safe_text(raw, MAX_TEXT_CHARS)
+            candidate.text, candidate.original_sha256 = text, text_sha or changed
+            candidate.provider_track_id = safe_text(hit.track_id, 100)[0]
+            candidate.instrumental, candidate.match_score = hit.instrumental, hit.score
+            candidate.match_reason = safe_text(hit.reason)[0]
+            candidate.scores = {"matched_title": safe_text(hit.title, 500)[0],
+                                "matched_artist": safe_text(hit.artist, 500)[0],
                                 "matched_duration": hit.duration, "synced": bool(hit.synced and not hit.plain)}
+            if hit.review:
+                candidate.scores["match_review"] = safe_text(hit.review, 2000)[0]
         candidate.text_hash = text_hash(candidate.text)
         candidate.verdict, candidate.reason, candidate.decided_by = "pending", None, None
+
+
+def store_lyric_failure(db_url: str, song_id: int, provider: str, error: str,
+                        max_attempts: int = LYRIC_ATTEMPTS) -> str:
+    """Record on the song that asking ``provider`` failed (the error, one more attempt). Within the
+    retry budget the candidate waits as "error" and the next run asks again; once it is spent the song
+    goes to a curator ("provider error: …") instead of being asked forever. A song that already has an
+    answer keeps it (an outage never changes an earlier verdict). Returns the verdict stored."""
+    error = safe_text(error, 2000)[0]
+    with session_scope(db_url) as session:
+        candidate = _candidate(session, song_id, provider)
+        if candidate.id is not None and candidate.verdict != "error":
+            return candidate.verdict
+        candidate.attempts = (candidate.attempts or 0) + 1
+        candidate.error = error
+        candidate.text, candidate.text_hash, candidate.match_score = None, None, 0.0
+        candidate.match_reason = "the provider could not be asked"
+        if candidate.attempts >= max_attempts:
+            candidate.verdict, candidate.decided_by = "review", "filters"
+            candidate.reason = f"provider error: {error} (after {candidate.attempts} runs)"
+        else:
+            candidate.verdict, candidate.reason, candidate.decided_by = "error", f"provider error: {error}", None
+        return candidate.verdict
 
 
 class CatalogPacer:

@@ -128,20 +128,29 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
             "failed": counts["error"] + counts["rejected"] + counts["disallowed"]}
 
 
-def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True) -> dict:
-    """Ask the lyric provider for every song without a candidate yet; answers are cached in the catalog
-    (keyed by the normalized title, artist and duration), so a re-run asks the provider nothing twice."""
+def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True,
+                 deadline: float = 30.0, max_attempts: int | None = None) -> dict:
+    """Ask the lyric provider for every song without an answer yet; answers are cached in the catalog
+    (keyed by the normalized title, artist and duration), so a re-run asks the provider nothing twice.
+
+    One song never stops the stage: a provider failure (after the HTTP client's retries, within the
+    per-song ``deadline``) or any other error is stored on that song's candidate; after ``max_attempts``
+    failed runs the song goes to a curator ("provider error: …"). Returns ``attempted``, ``failed`` and
+    ``failures`` (the first ten (song, reason)) beside the counts."""
     from tqdm import tqdm
 
-    from crawlers.http import Disallowed, FetchError
     from crawlers.lyrics import CachedProvider, LrclibProvider
-    from curation.crawl_store import songs_without_lyrics, store_lyric
+    from curation.crawl_store import LYRIC_ATTEMPTS, songs_without_lyrics, store_lyric, store_lyric_failure
     from curation.lyrics.cache import CatalogLyricCache
 
-    provider = provider or LrclibProvider(settings.lyrics_url, _client(settings))
+    max_attempts = max_attempts or LYRIC_ATTEMPTS
+    if provider is None:
+        # Short read timeouts and few retries: the per-song deadline, not the client, bounds a stall.
+        client = _client(settings, read_timeout=min(10.0, deadline), retries=2)
+        provider = LrclibProvider(settings.lyrics_url, client, deadline=deadline)
     if cache:
         provider = CachedProvider(provider, CatalogLyricCache(settings.db_url))
-    songs = songs_without_lyrics(settings.db_url, provider.name)
+    songs = songs_without_lyrics(settings.db_url, provider.name, max_attempts)
 
     def one(song: dict):  # in a worker: reads only; the catalog is written from this thread below
         try:
@@ -150,25 +159,34 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
             else:
                 hit, cached = provider.find(song["title"], song["artist"], song["album"], song["duration"]), True
             return song, hit, cached, None
-        except (FetchError, Disallowed) as error:
+        except Exception as error:  # noqa: BLE001 - whatever one song raises is stored on that song
             return song, None, False, f"{type(error).__name__}: {error}"
 
-    found = missing = errors = 0
+    found = missing = 0
+    failures: list[tuple[str, str]] = []
+    sent_to_review = 0
     with ThreadPoolExecutor(workers) as pool:
         for song, hit, cached, error in tqdm(pool.map(one, songs), total=len(songs), desc="lyrics", unit="song",
                                              mininterval=2):
-            if error:  # not an answer: ask again next run
-                errors += 1
-                log.warning("lyrics for %r: %s", song["title"], error)
-                continue
-            if not cached:
-                provider.remember(song["title"], song["artist"], song["duration"], hit)
-            store_lyric(settings.db_url, song["id"], provider.name, hit)
-            found, missing = found + (hit is not None), missing + (hit is None)
-    counts = {"songs": len(songs), "found": found, "not_found": missing, "errors": errors}
+            if error is None:
+                try:
+                    if not cached:
+                        provider.remember(song["title"], song["artist"], song["duration"], hit)
+                    store_lyric(settings.db_url, song["id"], provider.name, hit)
+                    found, missing = found + (hit is not None), missing + (hit is None)
+                    continue
+                except Exception as store_error:  # noqa: BLE001 - stored on the song below
+                    error = f"{type(store_error).__name__}: {store_error}"
+            failures.append((f"song {song['id']} {song['title']!r}", error[:300]))
+            verdict = store_lyric_failure(settings.db_url, song["id"], provider.name, error, max_attempts)
+            sent_to_review += verdict == "review"
+            log.warning("lyrics for song %s %r: %s", song["id"], song["title"], error)
+    counts = {"songs": len(songs), "attempted": len(songs), "found": found, "not_found": missing,
+              "failed": len(failures), "errors": len(failures), "failures": failures[:10],
+              "provider_errors_to_review": sent_to_review}
     if cache:
         counts.update(cache_hits=provider.hits, cache_misses=provider.misses)
-    log.info("lyrics fetched: %s", counts)
+    log.info("lyrics fetched: %s", {k: v for k, v in counts.items() if k != "failures"})
     return counts
 
 

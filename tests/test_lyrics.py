@@ -80,9 +80,13 @@ def test_search_with_fuzzy_match_and_duration_check(http_server):
     routes["/api/search"] = json_reply([other, {**TRACK, "trackName": "blue gold"}])
     hit = LrclibProvider(base, client()).find("Blue & Gold (Live)", "The Tides", "Shore", 215)
     assert hit.track_id == "7" and hit.score > 0.9 and "fuzzy search" in hit.reason and "1 s" in hit.reason
-    # A duration 10 s away is not the same recording; another artist is not the same song.
-    assert LrclibProvider(base, client()).find("Blue & Gold", "The Tides", None, 205) is None
-    assert LrclibProvider(base, client()).find("Blue & Gold", "Nobody At All", None, 216) is None
+    # A duration 10 s away is not the same recording, another artist not the same song: the search
+    # accepts neither; the title-only fallback sends each to a curator, with the candidates.
+    for artist, duration in (("The Tides", 205), ("Nobody At All", 216)):
+        hit = LrclibProvider(base, client()).find("Blue & Gold", artist, None, duration)
+        assert hit.track_id == "7" and hit.review.startswith("title-only search") and "candidates:" in hit.review
+    # Neither the artist nor the duration agrees: another song.
+    assert LrclibProvider(base, client()).find("Blue & Gold", "Nobody At All", None, 300) is None
 
 
 def test_exact_answer_for_another_song_falls_back_to_search(http_server):
@@ -90,7 +94,7 @@ def test_exact_answer_for_another_song_falls_back_to_search(http_server):
     routes["/api/get"] = json_reply({**TRACK, "trackName": "Something Else Entirely"})
     routes["/api/search"] = json_reply([])
     assert LrclibProvider(base, client()).find("Blue & Gold", "The Tides", None, 216) is None
-    assert routes.hits["/api/search"] == 1
+    assert routes.hits["/api/search"] == 2  # with the artist, then by title alone
 
 
 def test_hostile_html_and_script_in_lyrics_are_kept_but_never_modeled(http_server, tmp_path):
@@ -106,7 +110,6 @@ def test_hostile_html_and_script_in_lyrics_are_kept_but_never_modeled(http_serve
 
 
 @pytest.mark.parametrize("body, content_type, match", [
-    (b'{"trackName": "caf\xe9 \xff\xfe"}', "application/json", "invalid JSON"),       # invalid UTF-8
     (b"", "application/json", "invalid JSON"),                                        # empty body
     (b'{"trackName": ', "application/json", "invalid JSON"),                          # cut short
     (b"<html><body>Maintenance</body></html>", "text/html", "not JSON"),              # wrong content type

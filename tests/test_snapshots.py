@@ -421,3 +421,46 @@ def test_cli_snapshot_build_list_show_diff(tmp_path, monkeypatch, capsys):
     assert main(["snapshot", "diff", first["version"]]) == 2
     assert main(["snapshot", "build", "--min-posts", "50"]) == 2
     assert "at least 50 approved posts" in capsys.readouterr().err
+
+
+# --- protocol details (issue 11) -------------------------------------------------------------------
+
+def test_favourite_ties_go_to_the_older_post_by_the_sites_time(db_url, tmp_path):
+    """The crawl meets posts newest first, so the older posts get the higher catalog ids: the tie-break
+    must follow the site's time, not the crawl order."""
+    from crawlers.sharing_site import PostRecord
+    from curation.crawl_store import ensure_source, store_posts
+
+    fill_catalog(db_url, songs=6, posts_per_song=5, german=())
+    source = ensure_source(db_url, "test", "html_site", "http://site")
+    # Song 0 gets 4 more posts, all with 99 favorites (more than any other): newest crawled first.
+    extra = [PostRecord(f"tie-{day}", f"http://site/post/tie-{day}", "http://site/img/0-0.jpg", "Song 0",
+                        "Artist 0", None, 200, None, 99, f"2026-01-{day:02d}T12:00:00Z") for day in (9, 8, 2, 1)]
+    store_posts(db_url, source, extra)
+    with session_scope(db_url) as session:  # distinct images, stored, so each post is eligible
+        for i, record in enumerate(extra):
+            post = session.scalar(select(Post).where(Post.external_id == record.external_id))
+            session.add(image := Image(url=f"http://site/img/tie-{i}.jpg", status="stored",
+                                       sha256=f"{i:064x}", phash=f"{(0xF0F0F0F0F0F0F0F0 ^ (i * 0x1111111)):016x}",
+                                       content_type="image/jpeg"))
+            session.flush()
+            post.image_id = image.id
+    snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(posts_per_song=2, min_posts=2, test_songs=1,
+                                                                       near_duplicate_bits=None))["path"])
+    kept = set(snap.triplets.loc[snap.triplets["song_id"] == "s1", "external_id"])
+    assert kept == {"tie-1", "tie-2"}, kept
+
+
+def test_the_sites_post_time_is_crawled_and_stored(db_url):
+    from crawlers.sharing_site import parse_post_page
+    from curation.crawl_store import ensure_source, store_posts
+
+    html = ('<article class="post" data-post-id="7"><img class="post-image" src="/i.jpg">'
+            '<span class="song-title">T</span> <span class="song-artist">A</span>'
+            '<time class="posted" datetime="2026-01-02T03:04:05Z">2 Jan</time></article>')
+    record = parse_post_page(html, "http://site/post/7")
+    assert record.posted_at == "2026-01-02T03:04:05Z"
+    store_posts(db_url, ensure_source(db_url, "t", "html_site", "http://site"), [record])
+    with session_scope(db_url) as session:
+        posted = session.scalar(select(Post.posted_at))
+    assert (posted.year, posted.month, posted.day, posted.hour) == (2026, 1, 2, 3)
