@@ -432,13 +432,18 @@ def test_image_pipeline_records_every_fault_with_its_outcome(http_server, tmp_pa
     counts = fetch_images([(i, f"{base}/{n}") for i, n in enumerate(names)], client=client(retries=1),
                           store_factory=lambda: ObjectStore(str(tmp_path)), sink=records.extend, processes=0)
     outcome = {r.url.rsplit("/", 1)[1]: r for r in records}
+    # Results are taken as they complete: whichever of the two copies came first is the original.
+    original, copy = sorted(["a.jpg", "a-copy.jpg"], key=lambda n: outcome[n].status != "stored")
     assert {n.rsplit("/", 1)[-1]: outcome[n.rsplit("/", 1)[-1]].status for n in names} == {
-        "a.jpg": "stored", "a-copy.jpg": "duplicate", "b.jpg": "stored", "missing.jpg": "rejected",
+        original: "stored", copy: "duplicate", "b.jpg": "stored", "missing.jpg": "rejected",
         "html.jpg": "rejected", "cut.jpg": "error", "bomb.png": "rejected", "c.jpg": "disallowed",
         "down.jpg": "error"}
-    assert outcome["a-copy.jpg"].duplicate_of == 0 and outcome["a-copy.jpg"].sha256 == outcome["a.jpg"].sha256
+    assert outcome[copy].duplicate_of == outcome[original].image_id
+    assert outcome[copy].sha256 == outcome[original].sha256
     assert "decompression bomb" in outcome["bomb.png"].error and "truncated" in outcome["cut.jpg"].error
-    assert counts == {"stored": 2, "duplicate": 1, "error": 2, "rejected": 3, "disallowed": 1}
+    assert {k: v for k, v in counts.items() if k != "failures"} == {
+        "stored": 2, "duplicate": 1, "error": 2, "rejected": 3, "disallowed": 1, "deferred": 0, "attempted": 9}
+    assert len(counts["failures"]) == 5
     assert len(list(tmp_path.rglob("*.jpg"))) == 2
 
 
@@ -482,9 +487,9 @@ class MemoryState:
         self.urls, self.posts = {}, {}
 
     def add(self, kind, urls):
-        new = [u for u in urls if u not in self.urls]
+        new = list(dict.fromkeys(u for u in urls if u not in self.urls))
         self.urls.update({u: {"kind": kind, "status": "pending"} for u in new})
-        return len(new)
+        return new
 
     def pending(self, kind, limit=None):
         return [u for u, s in self.urls.items() if s["kind"] == kind and s["status"] in ("pending", "error")]
@@ -519,7 +524,9 @@ def test_html_source_records_a_changed_layout_and_goes_on(http_server):
     routes["/post/p2"] = lambda h: h.reply(200, b"<html><body><div class='new-post'>new layout</div></body></html>")
     state = MemoryState()
     result = crawl_posts(HtmlSiteSource(base), client(), state)
-    assert result == {"discovered": 3, "fetched": 3, "new_posts": 1}
+    assert {k: result[k] for k in ("discovered", "attempted", "failed", "new_posts")} == {
+        "discovered": 3, "attempted": 3, "failed": 1, "new_posts": 1}
+    assert [url for url, _ in result["failures"]] == [base + "/post/p2"]
     assert state.urls[base + "/post/p1"]["status"] == "done"
     assert state.urls[base + "/post/p2"]["status"] == "error" and "layout changed" in state.urls[base + "/post/p2"]["error"]
     assert state.urls[base + "/private/p3"]["status"] == "disallowed" and routes.hits.get("/private/p3") is None
@@ -554,7 +561,7 @@ def test_json_feed_source_with_pages_a_bad_item_and_conditional_refresh(http_ser
     assert state.posts["f1"].image_url == base + "/img/f1.jpg" and state.posts["f1"].favorite_count == 12
     assert state.posts["f3"].mood == "calm"
     bad = [u for u, s in state.urls.items() if s["status"] == "error"]
-    assert len(bad) == 1 and "no 'image'" in state.urls[bad[0]]["error"]
+    assert len(bad) == 1 and "no image_url" in state.urls[bad[0]]["error"]
     assert crawl_posts(JsonFeedSource(base + "/feed"), client(), state)["discovered"] == 0  # 304: unchanged
 
 
@@ -574,7 +581,7 @@ def test_file_import_csv_and_jsonl_with_urls_and_local_paths(tmp_path):
     assert crawl_posts(FileImportSource(tmp_path / "posts.csv"), client(), state)["discovered"] == 2
     assert state.posts["c1"].image_url == (tmp_path / "pics" / "x.jpg").resolve().as_uri()
     assert [s["error"] for s in state.urls.values() if s["status"] == "error"] == [
-        f"{(tmp_path / 'posts.csv').as_uri()}#line-4: no 'image'"]
+        f"{(tmp_path / 'posts.csv').as_uri()}#line-4: no image_url"]
     assert crawl_posts(FileImportSource(tmp_path / "posts.csv"), client(), state)["discovered"] == 0  # idempotent
     (tmp_path / "posts.jsonl").write_text(json.dumps({"id": "j1", "image_path": str(tmp_path / "pics" / "x.jpg"),
                                                       "title": "T", "artist": "A"}) + "\n{not json\n")
@@ -591,7 +598,8 @@ def test_file_import_local_images_go_through_the_same_validation(tmp_path):
     records = []
     fetch_images([(1, (tmp_path / "ok.jpg").as_uri()), (2, (tmp_path / "fake.jpg").as_uri()),
                   (3, (tmp_path / "gone.jpg").as_uri())], client=client(),
-                 store_factory=lambda: ObjectStore(str(tmp_path / "store")), sink=records.extend, processes=0)
+                 store_factory=lambda: ObjectStore(str(tmp_path / "store")), sink=records.extend, processes=0,
+                 local_roots=[tmp_path])
     assert [r.status for r in sorted(records, key=lambda r: r.image_id)] == ["stored", "rejected", "rejected"]
 
 
