@@ -817,3 +817,49 @@ def test_after_a_429_no_request_goes_before_retry_after_and_the_slow_down_fades_
     assert pacer.busy(host_of(base))
     time.sleep(1.1)
     assert not pacer.busy(host_of(base)), "the slow-down fades with time"
+
+
+# --- image decode memory (issue 14) -------------------------------------------------------------------
+
+DECODE_MEMORY_SCRIPT = '''
+import io, json, resource, sys
+from concurrent.futures import ThreadPoolExecutor
+from PIL import Image
+from crawlers.images import ImageOptions, validate_image
+
+side, threads = int(sys.argv[1]), int(sys.argv[2])
+buffer = io.BytesIO()
+Image.new("RGBA", (side, side), (10, 20, 30, 255)).save(buffer, "PNG")  # kilobytes that decode to megapixels
+data = buffer.getvalue()
+options = ImageOptions(max_pixels=side * side, decode_budget=side * side)
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB
+
+del buffer
+start = peak()
+validate_image(data, declared_type="image/png", options=options)
+one = peak()
+with ThreadPoolExecutor(threads) as pool:
+    list(pool.map(lambda _: validate_image(data, declared_type="image/png", options=options), range(threads)))
+print(json.dumps({"png_bytes": len(data), "start": start, "one": one, "parallel": peak()}))
+'''
+
+
+def test_decompression_heavy_pngs_in_parallel_cost_one_image_of_memory():
+    """Four 16-Mpx PNGs of a few KB decoded by four threads at once: the pixel budget lets one decode
+    run at a time, so the peak stays near one image's (without it, about four times as much)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", DECODE_MEMORY_SCRIPT, "4000", "4"], cwd=root, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    one, parallel = figures["one"] - figures["start"], figures["parallel"] - figures["start"]
+    assert figures["png_bytes"] < 200_000 and one > 60, figures  # really decompression-heavy
+    assert parallel < 1.5 * one, f"four decodes at once peaked at {parallel:.0f} MB, one alone at {one:.0f} MB"
