@@ -822,21 +822,20 @@ def test_after_a_429_no_request_goes_before_retry_after_and_the_slow_down_fades_
 # --- image decode memory (issue 14) -------------------------------------------------------------------
 
 DECODE_MEMORY_SCRIPT = '''
-import io, json, resource, sys
+import json, sys
 from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 from crawlers.images import ImageOptions, validate_image
 
-side, threads = int(sys.argv[1]), int(sys.argv[2])
-buffer = io.BytesIO()
-Image.new("RGBA", (side, side), (10, 20, 30, 255)).save(buffer, "PNG")  # kilobytes that decode to megapixels
-data = buffer.getvalue()
+path, side, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = open(path, "rb").read()
 options = ImageOptions(max_pixels=side * side, decode_budget=side * side)
 
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB
+def peak():  # this process's peak resident memory in MB (VmHWM: unlike ru_maxrss, not inherited)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 
-del buffer
 start = peak()
 validate_image(data, declared_type="image/png", options=options)
 one = peak()
@@ -846,7 +845,7 @@ print(json.dumps({"png_bytes": len(data), "start": start, "one": one, "parallel"
 '''
 
 
-def test_decompression_heavy_pngs_in_parallel_cost_one_image_of_memory():
+def test_decompression_heavy_pngs_in_parallel_cost_one_image_of_memory(tmp_path):
     """Four 16-Mpx PNGs of a few KB decoded by four threads at once: the pixel budget lets one decode
     run at a time, so the peak stays near one image's (without it, about four times as much)."""
     import json
@@ -856,7 +855,9 @@ def test_decompression_heavy_pngs_in_parallel_cost_one_image_of_memory():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", DECODE_MEMORY_SCRIPT, "4000", "4"], cwd=root, capture_output=True,
+    Image.new("RGBA", (4000, 4000), (10, 20, 30, 255)).save(tmp_path / "heavy.png")  # KB that decode to 64 MB
+    out = subprocess.run([sys.executable, "-c", DECODE_MEMORY_SCRIPT, str(tmp_path / "heavy.png"), "4000", "4"],
+                         cwd=root, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)
