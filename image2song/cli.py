@@ -30,7 +30,8 @@ def cmd_demo(args, settings: Settings) -> int:
 def cmd_crawl(args, settings: Settings) -> int:
     shard = {"shard": args.shard, "shards": args.shards}
     if args.what in ("posts", "all"):
-        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers,
+        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, max_depth=args.max_depth,
+                                     workers=args.workers,
                                      source=args.source, discover=not args.no_discover, **shard)})
     if args.what in ("images", "all"):
         _show({"images": stages.fetch_images(settings, workers=args.image_workers, processes=args.processes,
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
     p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all",
                    help="post pages, their images, or both (default)")
-    p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
+    p.add_argument("--max-pages", type=int, help="list pages to walk at most (default: 2000)")
+    p.add_argument("--max-depth", type=int, help="hops from the first list page at most (default: 2000)")
     p.add_argument("--workers", type=int, default=8, help="concurrent post page fetches (default 8)")
     p.add_argument("--source", help="instead of the sharing site: feed:URL (JSON feed) or file:PATH (CSV/JSONL import)")
     p.add_argument("--shard", type=int, default=0, help="this shard's number (with --shards)")
