@@ -12,6 +12,9 @@ IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to r
 IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags
+IMAGE2SONG_TAG_BACKEND    image tagger: "efficientnet-lite0" (packaged) or "faster-rcnn" (needs a checkpoint)
+IMAGE2SONG_TAG_CHECKPOINT the faster-rcnn backend's checkpoint (label map beside it as <checkpoint>.labels.json)
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    tag_store: str = ""  # empty: <home>/tags
+    tag_backend: str = "efficientnet-lite0"
+    tag_checkpoint: str = ""
 
     @property
     def snapshots(self) -> Path:
@@ -73,6 +79,9 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            tag_store=env.get("IMAGE2SONG_TAG_STORE", str(home / "tags")),
+            tag_backend=env.get("IMAGE2SONG_TAG_BACKEND", "efficientnet-lite0"),
+            tag_checkpoint=env.get("IMAGE2SONG_TAG_CHECKPOINT", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,6 +91,7 @@ class Settings:
             "object_store": "IMAGE2SONG_OBJECT_STORE", "site_url": "IMAGE2SONG_SITE_URL",
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "user_agent": "IMAGE2SONG_USER_AGENT",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED",
+            "seed": "IMAGE2SONG_SEED", "tag_store": "IMAGE2SONG_TAG_STORE",
+            "tag_backend": "IMAGE2SONG_TAG_BACKEND", "tag_checkpoint": "IMAGE2SONG_TAG_CHECKPOINT",
         }
         return {names[f.name]: str(getattr(self, f.name)) for f in fields(self)}
