@@ -180,7 +180,9 @@ def cmd_snapshot(args, settings: Settings) -> int:
 
 
 def cmd_tags(args, settings: Settings) -> int:
-    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot)))
+    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot), vocabulary=args.vocabulary,
+                              device=args.device, batch_size=args.batch_size, workers=args.workers,
+                              retry_errors=args.retry_errors))
     return 0
 
 
@@ -222,12 +224,15 @@ def cmd_db(args, settings: Settings) -> int:
 
 
 def cmd_airflow(args, settings: Settings) -> int:
-    from image2song.airflow_env import airflow_command
+    from image2song.airflow_env import airflow_command, ensure_pools
 
     if args.airflow_args[:1] == ["ui"]:
         from image2song.demo.run import serve_airflow_ui
 
         return serve_airflow_ui(settings)
+    if args.airflow_args[:1] in (["standalone"], ["scheduler"]):  # it will run tasks: their pools must exist
+        airflow_command(settings, ["db", "migrate"], capture=True)
+        ensure_pools(settings)
     return airflow_command(settings, args.airflow_args, check=False).returncode
 
 
@@ -317,8 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="membership seed (default IMAGE2SONG_SEED)")
     p.add_argument("--json", action="store_true", help="show/diff/verify: print JSON")
 
-    p = add("tags", cmd_tags, "tag a snapshot's images with the packaged EfficientNet-Lite0 (ImageNet classes)")
+    p = add("tags", cmd_tags, "tag a snapshot's images (objects, attributes, ImageNet classes) into the tag store",
+            "Tag the images of a snapshot that the tag store (IMAGE2SONG_TAG_STORE) does not hold yet with the "
+            "backend IMAGE2SONG_TAG_BACKEND (default: the packaged EfficientNet-Lite0 plus pixel attributes), "
+            "then write the snapshot's views, one Parquet file per vocabulary (obj, attr, obj+attr, imagenet). "
+            "Images are tagged once per tagger, whatever the snapshot; unreadable images get an error row.")
     p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--vocabulary", default="obj+attr", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="the vocabulary whose view is `tags_path` (default obj+attr); all are written")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
+    p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
     for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
                              ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):

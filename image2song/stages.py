@@ -234,13 +234,22 @@ def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
     return settings.runs / f"{snapshot_version}-split-{split}"
 
 
-def extract_tags(settings: Settings, snapshot_path: str) -> dict:
-    """Tag every image of the snapshot; tags are kept per snapshot and reused across runs."""
-    from modeling.tagging import extract_tags as tag
+def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
+                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False) -> dict:
+    """Tag the snapshot's images that the tag store lacks (each image is tagged once per tagger), then
+    write the snapshot's views, one per vocabulary: ``tags_paths`` = {"obj", "attr", "obj+attr",
+    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``."""
+    from modeling.tags import extract_tags as tag
 
-    out = settings.home / "tags" / f"{Path(snapshot_path).name}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return {**tag(snapshot_path, settings.object_store, out), "tags_path": str(out)}
+    options = {"checkpoint": settings.tag_checkpoint} if settings.tag_backend == "faster-rcnn" else {}
+    views = settings.home / "tags" / "views" / Path(snapshot_path).name / settings.tag_backend
+    result = tag(snapshot_path, settings.object_store, settings.tag_store or settings.home / "tags", views,
+                 backend=settings.tag_backend, backend_options=options, device=device, batch_size=batch_size,
+                 workers=workers, retry_errors=retry_errors)
+    if vocabulary not in result["tags_paths"]:
+        raise ValueError(f"the {settings.tag_backend} tagger has no {vocabulary!r} vocabulary; "
+                         f"it has {', '.join(result['tags_paths'])}")
+    return {**result, "tags_path": result["tags_paths"][vocabulary], "vocabulary": vocabulary}
 
 
 def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,

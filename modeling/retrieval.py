@@ -1,4 +1,4 @@
-"""Find songs for an image: tag it with EfficientNet-Lite0, score every song of a snapshot."""
+"""Find songs for an image: tag it in the model's tag vocabulary, score every song of a snapshot."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ class SongSearcher:
     def __init__(self, model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike, *, tags_model=None, device: str = "auto"):
         from curation.snapshots.reader import load_snapshot
         from modeling.model import load_model
-        from modeling.tagging import Tagger
+        from modeling.tags import Tagger
 
         self.model = load_model(model_dir, device=device)
-        self.tagger = tags_model if tags_model is not None else Tagger(device)
+        self.tagger = tags_model if tags_model is not None else Tagger.for_tag_names(self.model.tag_names, device=device)
         if list(self.tagger.tag_names) != self.model.tag_names:
             raise ValueError("the tagger's tag names differ from the ones the model was trained with")
         songs = load_snapshot(snapshot_dir).songs
@@ -55,7 +55,7 @@ def search_songs(
     """Top-``top_k`` songs of the snapshot for one image file, best first.
 
     Each result: rank, song_id, title, artist, score (cosine similarity in the model's tag space).
-    ``tags_model``: a loaded ``modeling.tagging.Tagger`` to reuse (else one is loaded). For many
+    ``tags_model``: a loaded ``modeling.tags.Tagger`` to reuse (else one is loaded). For many
     queries keep a ``SongSearcher`` instead.
     """
     if not Path(image_path).is_file():
