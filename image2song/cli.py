@@ -23,8 +23,8 @@ def cmd_demo(args, settings: Settings) -> int:
     from image2song.demo.run import run_demo, serve_demo
 
     if args.serve:
-        return serve_demo(settings, n_posts=args.posts)
-    return run_demo(settings, n_posts=args.posts, test_songs=args.test_songs, fresh=args.fresh)
+        return serve_demo(settings, n_posts=args.posts, scale=args.scale)
+    return run_demo(settings, n_posts=args.posts, scale=args.scale, test_songs=args.test_songs, fresh=args.fresh)
 
 
 def cmd_crawl(args, settings: Settings) -> int:
@@ -227,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Build the demo corpus (real Debian texts and images), serve the demo sharing site and lyric "
             "API on loopback, run the refresh and train DAGs under a real Airflow scheduler, and print "
             "where the snapshot, model and report are, with a results table.")
-    p.add_argument("--posts", type=int, default=3000, help="posts in the demo corpus (default 3000)")
+    p.add_argument("--scale", choices=["demo", "research"], default="demo",
+                   help="demo: 3,000 posts, about 210 songs with 5+ posts (default); research: 40,000 posts, "
+                        "2,900 songs with 5+ posts from every English fortunes file and the King James "
+                        "Bible's verse (needs the Debian package bible-kjv). Keep each scale in its own "
+                        "state folder (IMAGE2SONG_HOME)")
+    p.add_argument("--posts", type=int, help="posts in the corpus (default: the scale's, 3000 or 40000)")
     p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
     p.add_argument("--fresh", action="store_true", help="start from an empty state folder")
     p.add_argument("--serve", action="store_true", help="only serve the demo site and lyric API until Ctrl-C")
