@@ -9,7 +9,8 @@ IMAGE2SONG_OBJECT_STORE   fsspec URL or folder for image bytes; default <home>/o
 IMAGE2SONG_SITE_URL       the sharing site to crawl; default the demo site
 IMAGE2SONG_LYRICS_URL     the LRCLIB-compatible lyric API; default the demo API
 IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to reach you)
-IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
+IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged), "word2vec-english" / "word2vec-snapshot" (trained here on all
+                          packaged English text / on the snapshot's lyrics), or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
 """
