@@ -15,7 +15,8 @@ IMAGE2SONG_ALLOW_NETWORKS comma-separated networks or host names the crawler may
                           API is on loopback (the demo world), else none
 IMAGE2SONG_HOST_DELAY     seconds between two requests to one host, shared by every worker process and shard
                           (loopback is exempt); default 0.5, i.e. at most 2 requests/s per host
-IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
+IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged), "word2vec-english" / "word2vec-snapshot" (trained here on all
+                          packaged English text / on the snapshot's lyrics), or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
 IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags

@@ -252,13 +252,33 @@ def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "o
     return {**result, "tags_path": result["tags_paths"][vocabulary], "vocabulary": vocabulary}
 
 
+def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str | None = None) -> str:
+    """A word-vector spec that ``modeling.word_vectors.load_word_vectors`` loads: the packaged GloVe or a
+    user's file as given; ``word2vec-english`` / ``word2vec-snapshot`` trained here once (on all packaged
+    English text / on the snapshot's lyrics) and kept under ``<home>/word-vectors``."""
+    from modeling.word_vectors import WORD2VEC_ENGLISH, WORD2VEC_SNAPSHOT, snapshot_texts, trained_word2vec
+
+    spec = spec or settings.word_vectors
+    cache = settings.home / "word-vectors"
+    if spec == WORD2VEC_ENGLISH:
+        from image2song.demo.material import packaged_english_texts
+
+        return str(trained_word2vec(packaged_english_texts(), cache, "english", seed=settings.seed))
+    if spec == WORD2VEC_SNAPSHOT:
+        if snapshot_path is None:
+            raise ValueError(f"{WORD2VEC_SNAPSHOT!r} word vectors need a snapshot to learn from")
+        return str(trained_word2vec(snapshot_texts(snapshot_path), cache, f"snapshot-{Path(snapshot_path).name}",
+                                    seed=settings.seed))
+    return spec
+
+
 def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,
           attention: bool = False) -> dict:
     from modeling.training import train as fit
 
     out = run_dir(settings, Path(snapshot_path).name, split)
     result = fit(snapshot_path, tags_path, out, split=split, epochs=epochs, attention=attention,
-                 seed=settings.seed, word_vectors=settings.word_vectors)
+                 seed=settings.seed, word_vectors=word_vectors(settings, snapshot_path))
     return {**result, "model_dir": str(out)}
 
 
