@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from crawlers.http import FetchError, PoliteClient
+from crawlers.http import LOOPBACK, FetchError, PoliteClient
 from crawlers.lyrics import (
     BadResponse, CachedProvider, LrclibProvider, LyricHit, cache_key, match_score, normalize, strip_extras,
 )
@@ -33,7 +33,7 @@ TRACK = {"id": 7, "trackName": "Blue & Gold", "artistName": "The Tides", "albumN
 
 def client(**kwargs) -> PoliteClient:
     options = {"retries": 1, "backoff": 0.01, "max_backoff": 0.05, "read_timeout": 5.0}
-    return PoliteClient("image2song-test/1.0", **{**options, **kwargs})
+    return PoliteClient("image2song-test/1.0", allow=LOOPBACK, **{**options, **kwargs})
 
 
 def json_reply(obj, status=200, content_type="application/json"):

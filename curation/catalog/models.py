@@ -41,7 +41,7 @@ class CrawlUrl(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     url: Mapped[str] = mapped_column(String(2000))
     kind: Mapped[str] = mapped_column(String(20))  # list | post | image
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | failed (retry budget spent) | disallowed
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(400))
@@ -52,6 +52,18 @@ class CrawlUrl(Base):
         UniqueConstraint("source_id", "url", name="uq_crawl_urls_source_url"),
         Index("ix_crawl_urls_status", "source_id", "status"),
     )
+
+
+class HostPace(Base):
+    """One pace per host for the whole crawl (0006): every worker process and shard books its requests'
+    slots here. Times are wall-clock seconds since the epoch; ``penalty`` (seconds between requests)
+    is the slow-down a 429/503 caused at ``penalty_at``, fading with time."""
+
+    __tablename__ = "host_pace"
+    host: Mapped[str] = mapped_column(String(300), primary_key=True)  # scheme://host:port
+    next_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Song(Base):
@@ -72,7 +84,7 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | rejected | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
