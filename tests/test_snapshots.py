@@ -727,3 +727,12 @@ def test_datasheet_answers_every_question_from_the_manifest_and_settings(tmp_pat
     assert "kept 2 years; removal within 30 days of a request" in sheet
     assert "Posts made from 2026-01-01 to 2026-01-28" in sheet
     assert "`post_url`, `external_id`\n  and `source` identify the post" in sheet
+
+
+def test_the_manifest_hash_survives_json_round_trips(db_url, tmp_path):
+    """Songs occurring 6 and 12 times: the manifest's integer keys become strings in JSON and sort
+    otherwise; the manifest's own hash must be over what readers see."""
+    fill_catalog(db_url, songs=12, posts_per_song=6)
+    fill_catalog(db_url, songs=3, posts_per_song=12)
+    path = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"]
+    assert set(load_snapshot(path).manifest["figures"]["eligible"]["occurrences"]) == {"6", "12"}

@@ -254,6 +254,8 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
         for name in write_datasheet(staging, manifest):
             details[name] = _file_entry(staging / name)
         manifest["file_details"] = details
+        # Hashed as readers will see it: JSON turns integer keys into strings, which sort otherwise.
+        manifest = json.loads(json.dumps(manifest, default=str))
         manifest["manifest_sha256"] = manifest_content_hash(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         manifest_hash = _file_entry(staging / MANIFEST)["sha256"]
