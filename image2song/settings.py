@@ -15,9 +15,13 @@ IMAGE2SONG_ALLOW_NETWORKS comma-separated networks or host names the crawler may
                           API is on loopback (the demo world), else none
 IMAGE2SONG_HOST_DELAY     seconds between two requests to one host, shared by every worker process and shard
                           (loopback is exempt); default 0.5, i.e. at most 2 requests/s per host
-IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
+IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged), "word2vec-english" / "word2vec-snapshot" (trained here on all
+                          packaged English text / on the snapshot's lyrics), or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags
+IMAGE2SONG_TAG_BACKEND    image tagger: "efficientnet-lite0" (packaged) or "faster-rcnn" (needs a checkpoint)
+IMAGE2SONG_TAG_CHECKPOINT the faster-rcnn backend's checkpoint (label map beside it as <checkpoint>.labels.json)
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    tag_store: str = ""  # empty: <home>/tags
+    tag_backend: str = "efficientnet-lite0"
+    tag_checkpoint: str = ""
 
     @property
     def user_agent(self) -> str | None:
@@ -90,6 +97,9 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            tag_store=env.get("IMAGE2SONG_TAG_STORE", str(home / "tags")),
+            tag_backend=env.get("IMAGE2SONG_TAG_BACKEND", "efficientnet-lite0"),
+            tag_checkpoint=env.get("IMAGE2SONG_TAG_CHECKPOINT", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -100,7 +110,8 @@ class Settings:
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "contact": "IMAGE2SONG_CONTACT",
             "allow_networks": "IMAGE2SONG_ALLOW_NETWORKS", "host_delay": "IMAGE2SONG_HOST_DELAY",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED",
+            "seed": "IMAGE2SONG_SEED", "tag_store": "IMAGE2SONG_TAG_STORE",
+            "tag_backend": "IMAGE2SONG_TAG_BACKEND", "tag_checkpoint": "IMAGE2SONG_TAG_CHECKPOINT",
         }
         def text(value) -> str:
             return ",".join(value) if isinstance(value, tuple) else str(value)

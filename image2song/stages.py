@@ -234,13 +234,42 @@ def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
     return settings.runs / f"{snapshot_version}-split-{split}"
 
 
-def extract_tags(settings: Settings, snapshot_path: str) -> dict:
-    """Tag every image of the snapshot; tags are kept per snapshot and reused across runs."""
-    from modeling.tagging import extract_tags as tag
+def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
+                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False) -> dict:
+    """Tag the snapshot's images that the tag store lacks (each image is tagged once per tagger), then
+    write the snapshot's views, one per vocabulary: ``tags_paths`` = {"obj", "attr", "obj+attr",
+    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``."""
+    from modeling.tags import extract_tags as tag
 
-    out = settings.home / "tags" / f"{Path(snapshot_path).name}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return {**tag(snapshot_path, settings.object_store, out), "tags_path": str(out)}
+    options = {"checkpoint": settings.tag_checkpoint} if settings.tag_backend == "faster-rcnn" else {}
+    views = settings.home / "tags" / "views" / Path(snapshot_path).name / settings.tag_backend
+    result = tag(snapshot_path, settings.object_store, settings.tag_store or settings.home / "tags", views,
+                 backend=settings.tag_backend, backend_options=options, device=device, batch_size=batch_size,
+                 workers=workers, retry_errors=retry_errors)
+    if vocabulary not in result["tags_paths"]:
+        raise ValueError(f"the {settings.tag_backend} tagger has no {vocabulary!r} vocabulary; "
+                         f"it has {', '.join(result['tags_paths'])}")
+    return {**result, "tags_path": result["tags_paths"][vocabulary], "vocabulary": vocabulary}
+
+
+def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str | None = None) -> str:
+    """A word-vector spec that ``modeling.word_vectors.load_word_vectors`` loads: the packaged GloVe or a
+    user's file as given; ``word2vec-english`` / ``word2vec-snapshot`` trained here once (on all packaged
+    English text / on the snapshot's lyrics) and kept under ``<home>/word-vectors``."""
+    from modeling.word_vectors import WORD2VEC_ENGLISH, WORD2VEC_SNAPSHOT, snapshot_texts, trained_word2vec
+
+    spec = spec or settings.word_vectors
+    cache = settings.home / "word-vectors"
+    if spec == WORD2VEC_ENGLISH:
+        from image2song.demo.material import packaged_english_texts
+
+        return str(trained_word2vec(packaged_english_texts(), cache, "english", seed=settings.seed))
+    if spec == WORD2VEC_SNAPSHOT:
+        if snapshot_path is None:
+            raise ValueError(f"{WORD2VEC_SNAPSHOT!r} word vectors need a snapshot to learn from")
+        return str(trained_word2vec(snapshot_texts(snapshot_path), cache, f"snapshot-{Path(snapshot_path).name}",
+                                    seed=settings.seed))
+    return spec
 
 
 def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,
@@ -249,7 +278,7 @@ def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str 
 
     out = run_dir(settings, Path(snapshot_path).name, split)
     result = fit(snapshot_path, tags_path, out, split=split, epochs=epochs, attention=attention,
-                 seed=settings.seed, word_vectors=settings.word_vectors)
+                 seed=settings.seed, word_vectors=word_vectors(settings, snapshot_path))
     return {**result, "model_dir": str(out)}
 
 
@@ -273,7 +302,7 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
             if fs.exists(f"{root.rstrip('/')}/manifest.json"):
                 return str(Path(root)) if "://" not in candidate else candidate
         raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for manifest.json in {', '.join(candidates)})")
-    latest = latest_snapshot(settings.db_url)
+    latest = latest_snapshot(settings.db_url, settings.snapshots)
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")
     return latest["path"]
