@@ -57,9 +57,10 @@ def test_two_shards_with_two_processes_each_keep_one_pace_per_host(http_server, 
     assert len(stamps) == N_IMAGES, outputs
     span = stamps[-1] - stamps[0]
     rate = (len(stamps) - 1) / span
-    busiest = max(sum(1 for s in stamps if t <= s < t + 1.0) for t in stamps)
-    print(f"{len(stamps)} requests in {span:.2f}s: {rate:.2f} requests/s, at most {busiest} in one second "
+    busiest = max(sum(1 for s in stamps if t <= s < t + 2.0) for t in stamps)
+    print(f"{len(stamps)} requests in {span:.2f}s: {rate:.2f} requests/s, at most {busiest} in two seconds "
           f"(limit {1 / CRAWL_DELAY:.0f}/s)")
-    # Upper bounds only, with slack for a loaded machine (a late process may send two slots close together).
-    assert rate <= 1.15 / CRAWL_DELAY
-    assert busiest <= 1 / CRAWL_DELAY + 3
+    # Upper bounds only, with slack for a loaded machine: a process that wakes late for its slot sends it
+    # close to the next one. Per-process pacing would give about 20-40 requests/s here.
+    assert rate <= 1.25 / CRAWL_DELAY
+    assert busiest <= 2 / CRAWL_DELAY + 8
