@@ -41,7 +41,8 @@ class CrawlUrl(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     url: Mapped[str] = mapped_column(String(2000))
     kind: Mapped[str] = mapped_column(String(20))  # list | post | image
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | failed (retry budget spent) | disallowed
+    # pending | done | error | failed (retry budget spent) | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(400))
@@ -84,7 +85,8 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
