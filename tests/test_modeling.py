@@ -332,18 +332,3 @@ def test_evaluate_scorer_is_model_agnostic(trained, tmp_path):
     rep = ev.evaluate_scorer(snap, tags, oracle, split="b", out_dir=tmp_path, name="oracle")
     assert rep["image_to_song"]["model"]["R@1"] == 100.0
     assert "oracle" in (tmp_path / "report.md").read_text()
-
-
-# ------------------------------------------------------------------ retrieval
-def test_search_songs_for_an_image_file(trained, tmp_path):
-    from modeling.retrieval import search_songs
-    from modeling.tags import Tagger
-
-    root, snap, _, _ = trained
-    sha, rel = make_jpeg(tmp_path, 42)
-    results = search_songs(root / "model", snap, tmp_path / rel, top_k=5, tags_model=Tagger("imagenet", device="cpu"))
-    assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert {"song_id", "title", "artist", "score"} <= set(results[0])
-    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
-    with pytest.raises(FileNotFoundError):
-        search_songs(root / "model", snap, tmp_path / "nope.jpg")
