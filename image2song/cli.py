@@ -30,7 +30,8 @@ def cmd_demo(args, settings: Settings) -> int:
 def cmd_crawl(args, settings: Settings) -> int:
     shard = {"shard": args.shard, "shards": args.shards}
     if args.what in ("posts", "all"):
-        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers,
+        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, max_depth=args.max_depth,
+                                     workers=args.workers,
                                      source=args.source, discover=not args.no_discover, **shard)})
     if args.what in ("images", "all"):
         _show({"images": stages.fetch_images(settings, workers=args.image_workers, processes=args.processes,
@@ -118,7 +119,7 @@ def cmd_snapshot(args, settings: Settings) -> int:
                                         near_duplicate_bits=None if args.near_duplicate_bits < 0
                                         else args.near_duplicate_bits, seed=args.seed))
         elif args.action == "list":
-            found = snapshots.list_snapshots(settings.db_url)
+            found = snapshots.list_snapshots(settings.db_url, settings.snapshots)
             if not found:
                 print("no snapshot yet: run `image2song snapshot build`")
             for snap in found:
@@ -143,14 +144,35 @@ def cmd_snapshot(args, settings: Settings) -> int:
                 _show(diff)
                 return 0
             print(f"{diff['old']} -> {diff['new']}")
-            print(f"{'split':<14}{'old':>9}{'new':>9}{'added':>9}{'removed':>9}")
+            print(f"{'split':<14}{'old':>9}{'new':>9}{'added':>9}{'removed':>9}{'changed':>9}")
             for name, row in diff["splits"].items():
-                print(f"{name:<14}{row['old']:>9,}{row['new']:>9,}{row['added']:>9,}{row['removed']:>9,}")
+                print(f"{name:<14}{row['old']:>9,}{row['new']:>9,}{row['added']:>9,}{row['removed']:>9,}"
+                      f"{row['changed']:>9,}")
             s = diff["songs"]
-            print(f"songs: {s['old']:,} -> {s['new']:,}, gained {s['gained']:,}, lost {s['lost']:,}")
-            for label, ids in (("gained", s["gained_ids"]), ("lost", s["lost_ids"])):
+            print(f"songs: {s['old']:,} -> {s['new']:,}, gained {s['gained']:,}, lost {s['lost']:,}, "
+                  f"lyric changed {s['lyric_changed']:,}, modeling text changed {s['modeling_text_changed']:,}")
+            lists = [("gained", s["gained_ids"], s["gained"]), ("lost", s["lost_ids"], s["lost"]),
+                     ("lyric changed", s["lyric_changed_ids"], s["lyric_changed"]),
+                     ("modeling text changed", s["modeling_text_changed_ids"], s["modeling_text_changed"])]
+            moved = diff["moved"]
+            lists += [("split A train -> test", moved["split_a"]["train_to_test_ids"], moved["split_a"]["train_to_test"]),
+                      ("split A test -> train", moved["split_a"]["test_to_train_ids"], moved["split_a"]["test_to_train"]),
+                      ("split B held-out images changed", moved["split_b"]["held_out_images_changed_ids"],
+                       moved["split_b"]["held_out_images_changed"])]
+            for label, ids, total in lists:
                 if ids:
-                    print(f"  {label}: {' '.join(ids)}{' …' if len(ids) < s[label] else ''}")
+                    print(f"  {label}: {' '.join(ids)}{' …' if len(ids) < total else ''}")
+        elif args.action == "verify":
+            report = snapshots.verify_snapshots(settings.db_url, settings.snapshots, args.version)
+            if args.json:
+                _show(report)
+            for entry in [] if args.json else report:
+                print(f"{entry['version']}  {'ok' if entry['ok'] else 'DAMAGED'}  {entry['path']}")
+                for problem in entry["problems"]:
+                    print(f"  - {problem}")
+            if not report:
+                print("no snapshot yet: run `image2song snapshot build`")
+            return 0 if all(entry["ok"] for entry in report) else 1
     except snapshots.SnapshotError as error:
         print(f"image2song: {error}", file=sys.stderr)
         return 2
@@ -158,7 +180,9 @@ def cmd_snapshot(args, settings: Settings) -> int:
 
 
 def cmd_tags(args, settings: Settings) -> int:
-    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot)))
+    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot), vocabulary=args.vocabulary,
+                              device=args.device, batch_size=args.batch_size, workers=args.workers,
+                              retry_errors=args.retry_errors))
     return 0
 
 
@@ -218,12 +242,15 @@ def cmd_db(args, settings: Settings) -> int:
 
 
 def cmd_airflow(args, settings: Settings) -> int:
-    from image2song.airflow_env import airflow_command
+    from image2song.airflow_env import airflow_command, ensure_pools
 
     if args.airflow_args[:1] == ["ui"]:
         from image2song.demo.run import serve_airflow_ui
 
         return serve_airflow_ui(settings)
+    if args.airflow_args[:1] in (["standalone"], ["scheduler"]):  # it will run tasks: their pools must exist
+        airflow_command(settings, ["db", "migrate"], capture=True)
+        ensure_pools(settings)
     return airflow_command(settings, args.airflow_args, check=False).returncode
 
 
@@ -258,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
     p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all",
                    help="post pages, their images, or both (default)")
-    p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
+    p.add_argument("--max-pages", type=int, help="list pages to walk at most (default: 2000)")
+    p.add_argument("--max-depth", type=int, help="hops from the first list page at most (default: 2000)")
     p.add_argument("--workers", type=int, default=8, help="concurrent post page fetches (default 8)")
     p.add_argument("--source", help="instead of the sharing site: feed:URL (JSON feed) or file:PATH (CSV/JSONL import)")
     p.add_argument("--shard", type=int, default=0, help="this shard's number (with --shards)")
@@ -296,13 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", help="serve: file holding the session signing key (default: random per start)")
     p.add_argument("--secure-cookies", action="store_true", help="serve: HTTPS-only cookies (behind a TLS proxy)")
 
-    p = add("snapshot", cmd_snapshot, "build, list, show or compare versioned Parquet snapshots",
+    p = add("snapshot", cmd_snapshot, "build, list, show, compare or verify versioned Parquet snapshots",
             "build: select approved posts after the recipe (default: the paper's protocol), check for leakage, "
-            "publish Parquet + manifest + datasheet. list: published snapshots. show [V]: a snapshot's headline "
-            "(default latest; --json for the whole manifest). diff A B: rows added/removed per split, songs "
-            "gained/lost.")
-    p.add_argument("action", choices=["build", "list", "show", "diff"])
-    p.add_argument("version", nargs="?", help="snapshot version or folder (show; default latest; diff: the old one)")
+            "publish Parquet + manifest + datasheet (a damaged latest snapshot is republished). list: published "
+            "snapshots. show [V]: a snapshot's headline (default latest; --json for the whole manifest). "
+            "diff A B: rows added/removed/changed per split and part, songs gained/lost, songs whose lyric or "
+            "modeling text changed, songs that moved side. verify [V]: check every snapshot (or V) against "
+            "the catalog and its manifest, down to each Parquet page's checksum; exit status 1 when any is "
+            "damaged.")
+    p.add_argument("action", choices=["build", "list", "show", "diff", "verify"])
+    p.add_argument("version", nargs="?",
+                   help="snapshot version or folder (show; default latest; diff: the old one; verify: default all)")
     p.add_argument("other", nargs="?", help="diff: the new snapshot (version or folder)")
     p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
     p.add_argument("--min-posts", type=int, default=5, help="keep songs with at least this many posts")
@@ -311,10 +343,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-duplicate-bits", type=int, default=4,
                    help="perceptual-hash distance (of 64 bits) that counts as the same image; -1: exact only")
     p.add_argument("--seed", type=int, default=None, help="membership seed (default IMAGE2SONG_SEED)")
-    p.add_argument("--json", action="store_true", help="show/diff: print JSON")
+    p.add_argument("--json", action="store_true", help="show/diff/verify: print JSON")
 
-    p = add("tags", cmd_tags, "tag a snapshot's images with the packaged EfficientNet-Lite0 (ImageNet classes)")
+    p = add("tags", cmd_tags, "tag a snapshot's images (objects, attributes, ImageNet classes) into the tag store",
+            "Tag the images of a snapshot that the tag store (IMAGE2SONG_TAG_STORE) does not hold yet with the "
+            "backend IMAGE2SONG_TAG_BACKEND (default: the packaged EfficientNet-Lite0 plus pixel attributes), "
+            "then write the snapshot's views, one Parquet file per vocabulary (obj, attr, obj+attr, imagenet). "
+            "Images are tagged once per tagger, whatever the snapshot; unreadable images get an error row.")
     p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--vocabulary", default="obj+attr", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="the vocabulary whose view is `tags_path` (default obj+attr); all are written")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
+    p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
     for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
                              ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):

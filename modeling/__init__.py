@@ -2,7 +2,7 @@
 
 Stage functions (each takes plain arguments and returns a small, loggable summary dict):
 
-- ``modeling.tagging.extract_tags``      snapshot images -> tag probabilities (Parquet)
+- ``modeling.tags.extract_tags``         snapshot images -> tag store -> per-vocabulary views (Parquet)
 - ``modeling.training.train``            snapshot + tags -> ``model.pt`` + ``training.json``
 - ``modeling.evaluation.evaluate``       model + snapshot + tags -> ``report.json`` + ``report.md``
 - ``modeling.search.SongSearch``         an image -> top-k songs (and a song -> top-k images), indexed

@@ -94,10 +94,12 @@ N_SONGS = 30
 def _task(root: Path):
     """Each song's lyric names an ImageNet class among filler words; its 5 images' tags peak at it."""
     from modeling.lyric_encoder import tag_name_words
-    from modeling.tagging import NUM_TAGS, imagenet_tag_names, write_tags
+    from modeling.tags import write_view
+    from modeling.tags.vocabularies import imagenet_class_names
 
     rng = np.random.default_rng(0)
-    names = imagenet_tag_names()
+    names = list(imagenet_class_names())
+    NUM_TAGS = len(names)
     filler = "love night heart baby dance time dream fire rain sky road summer home light river song".split()
     classes = [c for c in range(0, NUM_TAGS, 17) if len(tag_name_words(names[c])) == 1][:N_SONGS]
     assert len(classes) == N_SONGS
@@ -120,7 +122,7 @@ def _task(root: Path):
     pd.DataFrame(rows).to_parquet(snap / "triplets.parquet")
     pd.DataFrame(songs).to_parquet(snap / "songs.parquet")
     (snap / "manifest.json").write_text(json.dumps({"version": snap.name, "seed": 0}))
-    tags = write_tags(root / "tags.parquet", shas, np.array(probs, dtype=np.float32))
+    tags = write_view(root / "tags.parquet", shas, np.array(probs, dtype=np.float32), names)
     return snap, tags, classes, names
 
 

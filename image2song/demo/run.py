@@ -79,9 +79,10 @@ def serve_demo(settings: Settings, n_posts: int | None = None, scale: str = "dem
 
 def serve_airflow_ui(settings: Settings) -> int:
     """Airflow's UI and scheduler, plus the demo world when the settings point at it."""
-    from image2song.airflow_env import Standalone, airflow_command
+    from image2song.airflow_env import Standalone, airflow_command, ensure_pools
 
     airflow_command(settings, ["db", "migrate"], capture=True)
+    ensure_pools(settings)
     with demo_world(settings) if (settings.demo_corpus / "posts.jsonl").exists() else _nothing():
         with Standalone(settings) as airflow:
             _say(f"Airflow UI on {airflow.url} (logs: {airflow.log_path}); Ctrl-C stops it")
@@ -138,7 +139,7 @@ def _wait_asset_run(api, dag_id: str, after: str, timeout: float) -> str:
 def run_demo(settings: Settings, *, n_posts: int | None = None, scale: str = "demo", test_songs: int = 100,
              fresh: bool = False) -> int:
     from image2song import stages
-    from image2song.airflow_env import AirflowApi, Standalone, airflow_command
+    from image2song.airflow_env import AirflowApi, Standalone, airflow_command, ensure_pools
 
     started = time.monotonic()
     # During the demo the refresh DAG runs when we trigger it, not on its schedule.
@@ -153,6 +154,7 @@ def run_demo(settings: Settings, *, n_posts: int | None = None, scale: str = "de
     _say("preparing the catalog and Airflow's metadata database …")
     stages.migrate(settings)
     airflow_command(settings, ["db", "migrate"], capture=True)
+    ensure_pools(settings)
     with demo_world(settings), Standalone(settings) as airflow:
         _say(f"Airflow is up on {airflow.url} (log: {airflow.log_path})")
         api = AirflowApi(airflow.url)

@@ -29,15 +29,9 @@ CALIBRATION_QUERIES = 500
 
 def _load_tags(path) -> tuple[list[str], np.ndarray, list[str]]:
     """(tag_names, probs [N, T], image_sha256) of the ok rows of a tags file."""
-    try:  # the tag store of modeling/tags/, when present
-        from modeling.tags import load_tags
+    from modeling.tags import load_tags
 
-        return load_tags(path)
-    except ImportError:
-        from modeling.tagging import load_tags
-
-        shas, probs, names = load_tags(path)
-        return names, probs, shas
+    return load_tags(path)
 
 
 def top_contributions(image_vector: np.ndarray, song_vector: np.ndarray, tag_names: list[str],
@@ -54,7 +48,7 @@ class SongSearch:
     """Keeps the model, the snapshot's songs and images and both indexes loaded for repeated queries.
 
     ``kind``: ``"auto"`` (exact up to 50,000 vectors, faiss IVF above), ``"exact"`` or ``"ivf"``.
-    ``tagger``: anything with ``tag_file(path) -> probs`` (default: ``modeling.tagging.Tagger``),
+    ``tagger``: anything with ``tag_file(path) -> probs`` (default: ``modeling.tags.Tagger`` with the model's vocabulary),
     needed only to search with an image file.
     """
 
@@ -113,9 +107,9 @@ class SongSearch:
         if not Path(image_path).is_file():
             raise FileNotFoundError(f"no image file at {image_path}")
         if self._tagger is None:
-            from modeling.tagging import Tagger
+            from modeling.tags import Tagger
 
-            self._tagger = Tagger(self._device)
+            self._tagger = Tagger.for_tag_names(self.tag_names, device=self._device)
         return np.asarray(self._tagger.tag_file(Path(image_path)), dtype=np.float32).reshape(1, -1)
 
     def songs_for_image(self, image, top_k: int = 10, n_tags: int = 3) -> list[dict]:
