@@ -140,9 +140,9 @@ def trained(tmp_path_factory):
 
 
 def _test_images(tags_path, snap):
-    from modeling.search.songs import _load_tags
+    from modeling.tags import load_tags
 
-    _, probs, shas = _load_tags(tags_path)
+    _, probs, shas = load_tags(tags_path)
     trip = pd.read_parquet(snap / "triplets.parquet").set_index("image_sha256")
     return [(probs[i], trip.song_id[s]) for i, s in enumerate(shas) if trip.split_b[s] == "test"]
 

@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_QUERIES = 500
 
 
-def _load_tags(path) -> tuple[list[str], np.ndarray, list[str]]:
-    """(tag_names, probs [N, T], image_sha256) of the ok rows of a tags file."""
-    from modeling.tags import load_tags
-
-    return load_tags(path)
-
-
 def top_contributions(image_vector: np.ndarray, song_vector: np.ndarray, tag_names: list[str],
                       n: int = 3) -> list[tuple[str, float]]:
     """The ``n`` tags with the largest positive terms x_j * s_j of the cosine (unit vectors)."""
@@ -66,7 +59,9 @@ class SongSearch:
         self.songs = songs[["song_id", "title", "artist"]].astype({"song_id": str})
         self._song_row = {sid: i for i, sid in enumerate(self.songs.song_id)}
         self._texts = songs["modeling_text"].fillna("").tolist()
-        names, probs, shas = _load_tags(tags_path)
+        from modeling.tags import load_tags
+
+        names, probs, shas = load_tags(tags_path)
         if list(names) != self.tag_names:
             raise ValueError(f"{tags_path} has other tags ({len(names)}) than the model was trained with "
                              f"({len(self.tag_names)}): tag the snapshot with the model's vocabulary")
