@@ -16,8 +16,12 @@ uniformly random ranking: with N candidates and m relevant ones, P(rank <= K) = 
 (K/N for m = 1) averaged over queries; chance MedR is the median of the closest-rank distribution
 pooled over queries, ``(N + 1) / 2`` for m = 1.
 
-The evaluation is model-agnostic: ``evaluate_scorer`` takes any ``scorer(test_set) -> [I, S]``
-score matrix (higher = more relevant), so baselines slot in beside ``evaluate`` (the trained model).
+Confidence intervals: 95 % percentile bootstrap over queries (``BOOTSTRAP`` resamples, seeded), for
+every R@K and MedR.
+
+The evaluation is model-agnostic: ``evaluate_models`` scores every model of a trained experiment
+(``harness.training.train_models``) through the same ``score(image_probs, song_ids, song_texts)`` on
+the split's test part and writes ``evaluation.json`` and ``per_song.csv`` beside the models.
 """
 
 from __future__ import annotations
@@ -29,13 +33,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KS = (1, 5, 10, 50, 100)
+DEFAULT_KS = (1, 3, 5, 10, 20, 50, 100)
 
 
 # ---------------------------------------------------------------- metrics on score matrices
@@ -126,36 +130,6 @@ class TestSet:
     n_untagged: int = 0
 
 
-Scorer = Callable[[TestSet], np.ndarray]
-
-
-def build_test_set(snapshot_dir: str | os.PathLike, tags_path: str | os.PathLike, split: str) -> TestSet:
-    from curation.snapshots.reader import load_snapshot
-    from modeling.training import split_pairs, tag_lookup
-
-    snap = load_snapshot(snapshot_dir)
-    sha_index, probs, tag_names = tag_lookup(tags_path)
-    all_test = snap.split(split, "test")
-    pairs, n_untagged = split_pairs(snap, split, "test", sha_index)
-    song_ids = sorted(set(all_test["song_id"]))  # candidates: every test song, tagged image or not
-    images = sorted(set(pairs["image_sha256"]))
-    si = {s: i for i, s in enumerate(song_ids)}
-    ii = {s: i for i, s in enumerate(images)}
-    relevant = np.zeros((len(images), len(song_ids)), dtype=bool)
-    relevant[[ii[s] for s in pairs["image_sha256"]], [si[s] for s in pairs["song_id"]]] = True
-    texts = snap.songs.set_index("song_id")["modeling_text"].reindex(song_ids).fillna("").tolist()
-    return TestSet(
-        split=split,
-        image_sha256=images,
-        image_probs=probs[[sha_index[s] for s in images]] if images else np.zeros((0, len(tag_names)), np.float32),
-        song_ids=song_ids,
-        song_texts=texts,
-        relevant=relevant,
-        tag_names=tag_names,
-        n_untagged=int(all_test["image_sha256"].nunique() - len(images)),
-    )
-
-
 def evaluate_scores(scores: np.ndarray, test_set: TestSet, ks: Sequence[int] | None = None) -> dict:
     """Both directions from one [I, S] score matrix (song -> image uses its transpose)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -170,105 +144,108 @@ def evaluate_scores(scores: np.ndarray, test_set: TestSet, ks: Sequence[int] | N
     }
 
 
-# ---------------------------------------------------------------- reports
-def _fmt(v: float) -> str:
-    return f"{v:.2f}"
+def pairs_test_set(pairs, candidates: Sequence[str], texts: Sequence[str], split: str, tag_names: Sequence[str]) -> TestSet:
+    """Test queries from (image, song) ``pairs`` (``harness.data.Pairs``) against ``candidates`` songs."""
+    images = sorted(set(pairs.image_sha256))
+    ii = {s: i for i, s in enumerate(images)}
+    si = {s: i for i, s in enumerate(candidates)}
+    relevant = np.zeros((len(images), len(candidates)), dtype=bool)
+    probs = np.zeros((len(images), pairs.probs.shape[1]), dtype=np.float32)
+    for sha, p, song in zip(pairs.image_sha256, pairs.probs, pairs.song_ids):
+        probs[ii[sha]] = p
+        if song in si:
+            relevant[ii[sha], si[song]] = True
+    keep = relevant.any(1)
+    return TestSet(split=split, image_sha256=[s for s, k in zip(images, keep) if k], image_probs=probs[keep],
+                   song_ids=list(candidates), song_texts=list(texts), relevant=relevant[keep], tag_names=list(tag_names))
 
 
-def report_markdown(report: dict) -> str:
-    lines = [f"# Retrieval report: {report.get('name', 'model')}, split {report['split'].upper()}", ""]
-    for key, title in (("image_to_song", "Image -> song"), ("song_to_image", "Song -> image")):
-        d = report[key]
-        lines += [f"## {title} ({d['n_queries']} queries, {d['n_candidates']} candidates)", "",
-                  "| metric | model | chance |", "| --- | ---: | ---: |"]
-        for metric, value in d["model"].items():
-            lines.append(f"| {metric} | {_fmt(value)} | {_fmt(d['chance'][metric])} |")
-        lines.append("")
-    lines.append("Ranks are 1-based; ties are broken pessimistically; MedR is the median rank of the closest relevant item.")
-    return "\n".join(lines) + "\n"
+BOOTSTRAP = 1000
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slim = json.loads(json.dumps(report))
-    for key in ("image_to_song", "song_to_image"):
-        slim[key].pop("ranks", None)
-    jp, mp = out_dir / "report.json", out_dir / "report.md"
-    jp.write_text(json.dumps(slim, indent=2))
-    mp.write_text(report_markdown(report))
-    return jp, mp
-
-
-def evaluate_scorer(
-    snapshot_dir: str | os.PathLike,
-    tags_path: str | os.PathLike,
-    scorer: Scorer,
-    *,
-    split: str,
-    out_dir: str | os.PathLike | None = None,
-    name: str = "model",
-    ks: Sequence[int] | None = None,
-    extra: dict | None = None,
-) -> dict:
-    """Evaluate any ``scorer(test_set) -> [I, S]`` on the split's test part; write reports if ``out_dir``."""
-    t0 = time.perf_counter()
-    ts = build_test_set(snapshot_dir, tags_path, split)
-    if not ts.image_sha256 or not ts.song_ids:
-        raise ValueError(f"split {split!r} has no tagged test images or no test songs")
-    scores = scorer(ts)
-    report = {"name": name, "split": split, "n_untagged_test_images": ts.n_untagged, **(extra or {}),
-              **evaluate_scores(scores, ts, ks)}
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    if out_dir is not None:
-        jp, mp = write_report(report, out_dir)
-        report["report_json"], report["report_md"] = str(jp), str(mp)
-    return report
-
-
-def summarize(report: dict) -> dict:
-    """The small, loggable part of a report (no per-query ranks)."""
-    out = {k: v for k, v in report.items() if k not in ("image_to_song", "song_to_image")}
-    for key in ("image_to_song", "song_to_image"):
-        d = report[key]
-        out[key] = {"n_queries": d["n_queries"], "n_candidates": d["n_candidates"], "model": d["model"], "chance": d["chance"]}
+def bootstrap_ci(ranks: Sequence[int], ks: Sequence[str], *, n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """95 % percentile intervals over queries for each metric in ``ks`` (``"R@K"`` or ``"MedR"``)."""
+    r = np.asarray(ranks)
+    rng = np.random.default_rng(seed)
+    sample = r[rng.integers(0, len(r), size=(n, len(r)))]
+    out = {}
+    for key in ks:
+        vals = np.median(sample, 1) if key == "MedR" else (sample <= int(key[2:])).mean(1) * 100.0
+        out[key] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
     return out
 
 
-def evaluate(
-    model_dir: str | os.PathLike,
-    snapshot_dir: str | os.PathLike,
-    tags_path: str | os.PathLike,
-    *,
-    split: str | None = None,
-    out_dir: str | os.PathLike | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    ks: Sequence[int] | None = None,
-) -> dict:
-    """Evaluate a trained model (``model_dir/model.pt``) on the test part of ``split`` (default: the
-    split it was trained on); writes ``report.json`` + ``report.md`` to ``out_dir`` (default
-    ``model_dir``) and returns the summary (metrics for both directions, model and chance).
+def direction_metrics(scores: np.ndarray, relevant: np.ndarray, ks=None, *, seed: int = 0) -> dict:
+    d = retrieval_metrics(scores, relevant, ks)
+    d["ci95"] = bootstrap_ci(d["ranks"], list(d["model"]), seed=seed)
+    return d
+
+
+NOT_APPLICABLE = {"control": {"a": "no test song has training images in split A"}}
+
+
+def evaluate_models(run_dir: str | os.PathLike, *, device: str = "auto", ks: Sequence[int] | None = None, seed: int = 0) -> dict:
+    """Score every model saved in ``run_dir`` (one split, one vocabulary) on the split's test part.
+
+    Writes ``evaluation.json`` (both directions per model: R@K, MedR, bootstrap CIs, chance, per-query
+    ranks) and ``per_song.csv``; returns a small summary (no ranks).
     """
-    from modeling.model import load_model
+    import pandas as pd
 
-    lm = load_model(model_dir, device=device)
-    split = split or lm.config["split"]
-    if split != lm.config["split"]:
-        log.warning("evaluating a model trained on split %s on split %s: test images may have been trained on",
-                    lm.config["split"], split)
+    from modeling.harness.data import load_split
+    from modeling.models import load_scorer
 
-    def scorer(ts: TestSet) -> np.ndarray:
-        if ts.tag_names != lm.tag_names:
-            raise ValueError("the tags file uses other tag names than the model was trained with")
-        return lm.score(ts.image_probs, ts.song_texts, progress=progress)
+    run_dir = Path(run_dir)
+    training = json.loads((run_dir / "training.json").read_text())
+    cfg = training["config"]
+    data = load_split(cfg["snapshot"], cfg["tags_path"], cfg["split"], vocabulary=cfg["vocabulary"], seed=cfg["seed"])
+    ts = pairs_test_set(data.test, data.test_songs, data.texts(data.test_songs), data.split, data.tag_names)
+    if not ts.image_sha256 or not ts.song_ids:
+        raise ValueError(f"split {data.split!r} has no tagged test images or no test songs")
+    t0 = time.perf_counter()
+    results, per_song = {}, []
+    has_img = ts.relevant.any(0)
+    for name in training["summary"]["models"]:
+        why = NOT_APPLICABLE.get(name, {}).get(data.split)
+        if why:
+            results[name] = {"not_applicable": why}
+            continue
+        scorer = load_scorer(run_dir / f"{name}.pt", device=device)
+        ts_ = time.perf_counter()
+        scores = np.asarray(scorer.score(ts.image_probs, ts.song_ids, ts.song_texts), dtype=np.float64)
+        if scores.shape != ts.relevant.shape:
+            raise ValueError(f"{name} returned {scores.shape}, expected [images, songs] = {ts.relevant.shape}")
+        i2s = direction_metrics(scores, ts.relevant, ks, seed=seed)
+        s2i = direction_metrics(scores.T[has_img], ts.relevant.T[has_img], ks, seed=seed)
+        results[name] = {"image_to_song": i2s, "song_to_image": s2i, "seconds": round(time.perf_counter() - ts_, 2)}
+        # Per song: its rank as a query, and the median rank it gets from its own test images.
+        img_ranks = np.asarray(i2s["ranks"])
+        song_query = dict(zip(np.asarray(ts.song_ids)[has_img], s2i["ranks"]))
+        for j, song in enumerate(ts.song_ids):
+            mine = img_ranks[ts.relevant[:, j]]
+            per_song.append({"model": name, "song_id": song, "song_to_image_rank": song_query.get(song),
+                             "image_to_song_median_rank": float(np.median(mine)) if len(mine) else None,
+                             "n_test_images": int(len(mine))})
+    evaluation = {"split": data.split, "vocabulary": data.vocabulary, "n_images": len(ts.image_sha256),
+                  "n_songs": len(ts.song_ids), "n_untagged": data.n_untagged, "config": cfg,
+                  "hybrid_weight": training["models"].get("hybrid", {}).get("weight"),
+                  "training": {k: {kk: v.get(kk) for kk in ("best_epoch", "best_validation_mrr", "seconds", "loss")}
+                               for k, v in training["models"].items() if "history" in v},
+                  "models": results, "seconds": round(time.perf_counter() - t0, 2)}
+    (run_dir / "evaluation.json").write_text(json.dumps(evaluation, default=float))
+    songs = data.songs.reindex(ts.song_ids)[["title", "artist"]].reset_index()
+    pd.DataFrame(per_song).merge(songs, on="song_id", how="left").to_csv(run_dir / "per_song.csv", index=False)
+    return summarize(evaluation)
 
-    report = evaluate_scorer(
-        snapshot_dir, tags_path, scorer, split=split,
-        out_dir=Path(model_dir) if out_dir is None else out_dir, name=f"image2song{'-attention' if lm.model.attention else ''}",
-        ks=ks, extra={"model_dir": str(model_dir), "config": lm.config},
-    )
-    summary = summarize(report)
-    i2s = summary["image_to_song"]
-    log.info("evaluation: split %s image->song %s (chance %s)", split, i2s["model"], i2s["chance"])
-    return summary
+
+def summarize(evaluation: dict) -> dict:
+    """The loggable part of an evaluation: metrics, intervals and chance, no per-query ranks."""
+    out = {k: v for k, v in evaluation.items() if k not in ("models", "config")}
+    out["models"] = {}
+    for name, r in evaluation["models"].items():
+        if "not_applicable" in r:
+            out["models"][name] = r
+            continue
+        out["models"][name] = {d: {k: r[d][k] for k in ("n_queries", "n_candidates", "model", "chance", "ci95")}
+                               for d in ("image_to_song", "song_to_image")}
+    return out

@@ -1,4 +1,4 @@
-"""The image2song model: lyric encoder -> MLP into the image tag space, plus the image-side space.
+"""The paper's model: BiLSTM lyric encoder (optionally tag-attentive) -> MLP into the image tag space.
 
 Image representation (``ImageSpace``). The image is its 1000 tag probabilities; the model regresses
 a lyric onto a transformed copy of them and retrieval uses cosine similarity in that space.
@@ -25,15 +25,16 @@ Measured (MSE, no attention, 20 epochs, mean of 3 seeds; R@1 / R@5 / MedR):
   prob 74.2 / 50.8, logstd 2.5 / 5.8 (log-scaling gives the noisy tail of tiny probabilities as much
   weight as the tags that carry the content).
 
-Saved file ``model.pt`` (``torch.load(..., weights_only=True)`` safe): ``state_dict``, ``config``,
-``vocab`` (words), ``tag_names``, ``image_space``.
+The tag query of the attention pools the word embeddings of the image's top-5 tag names by their
+mean (the paper) or their element-wise max (``tag_pooling="max"``).
+
+Saved as one file per model (``modeling.models.save_scorer``): a pickle, so a run folder is trusted
+input, as any PyTorch checkpoint with code objects is.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -42,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeling import resolve_device
-from modeling.lyric_encoder import DEFAULT_MAX_LEN, LyricEncoder, Vocabulary, pad_batch
+from modeling.lyric_encoder import DEFAULT_MAX_LEN, LyricEncoder, Vocabulary, pad_batch, tag_embedding_matrix
+from modeling.models import JointModule, score_matrix
 
 IMAGE_REPRS = ("sqrt", "prob", "l2", "logstd")
 DEFAULT_IMAGE_REPR = "sqrt"
@@ -81,6 +83,21 @@ class ImageSpace:
             return np.sqrt(np.maximum(p, 0.0))
         return (np.log(p + _LOG_EPS) - self.mean) / self.std
 
+    def torch_transform(self, p: torch.Tensor) -> torch.Tensor:
+        """``transform`` on a tensor (differentiable, on the tensor's device)."""
+        p = p.float()
+        if self.repr == "prob":
+            out = p
+        elif self.repr == "l2":
+            out = p / p.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        elif self.repr == "sqrt":
+            out = p.clamp(min=0).sqrt()
+        else:
+            out = (torch.log(p + _LOG_EPS) - torch.as_tensor(self.mean, device=p.device)) / torch.as_tensor(self.std, device=p.device)
+        if self.center and self.repr != "logstd":
+            out = out - torch.as_tensor(self.mean, device=p.device)
+        return out
+
     def transform(self, probs: np.ndarray) -> np.ndarray:
         out = self._base(np.asarray(probs, dtype=np.float32))
         if self.center and self.repr != "logstd":
@@ -106,25 +123,28 @@ class ImageSpace:
         )
 
 
-class Image2SongModel(nn.Module):
-    """BiLSTM lyric encoder (optionally tag-attentive) + MLP into the ``out_dim``-d tag space."""
+TAG_POOLINGS = ("mean", "max")
 
-    def __init__(
-        self,
-        embeddings: np.ndarray,
-        tag_embeddings: np.ndarray,
-        *,
-        hidden: int = 128,
-        attention: bool = False,
-        mlp_hidden: int = 512,
-        dropout: float = 0.0,
-        top_k_tags: int = TOP_K_TAGS,
-    ):
+
+class Image2SongModel(JointModule):
+    """BiLSTM lyric encoder (optionally tag-attentive) + MLP into the ``T``-d tag space.
+
+    Songs are given as lists of token ids (``PaperModel.prepare``). The image side is the image's
+    tag vector in the ``ImageSpace``: nothing on it is learned, the lyric is regressed onto it.
+    """
+
+    def __init__(self, embeddings: np.ndarray, tag_embeddings: np.ndarray, image_space: ImageSpace, *,
+                 hidden: int = 128, attention: bool = False, mlp_hidden: int = 512, dropout: float = 0.0,
+                 top_k_tags: int = TOP_K_TAGS, tag_pooling: str = "mean"):
         super().__init__()
+        if tag_pooling not in TAG_POOLINGS:
+            raise ValueError(f"tag_pooling must be one of {TAG_POOLINGS}, not {tag_pooling!r}")
         tag_emb = torch.as_tensor(np.asarray(tag_embeddings), dtype=torch.float32)
-        self.encoder = LyricEncoder(embeddings, hidden=hidden, attention=attention)
+        self.encoder = LyricEncoder(embeddings, hidden=hidden, attention=attention, query_dim=self.query_dim(tag_emb))
         self.register_buffer("tag_embeddings", tag_emb)
+        self.image_space = image_space
         self.top_k_tags = top_k_tags
+        self.tag_pooling = tag_pooling
         self.mlp = nn.Sequential(
             nn.Linear(self.encoder.output_dim, mlp_hidden),
             nn.Tanh(),
@@ -132,164 +152,92 @@ class Image2SongModel(nn.Module):
             nn.Linear(mlp_hidden, tag_emb.shape[0]),
         )
 
+    def query_dim(self, tag_emb: torch.Tensor) -> int:
+        return tag_emb.shape[1]
+
+    @property
+    def conditional(self) -> bool:
+        return self.encoder.attention
+
     @property
     def attention(self) -> bool:
         return self.encoder.attention
 
     def query_vector(self, probs: torch.Tensor) -> torch.Tensor:
-        """q [B, D]: mean embedding of each image's top-k tags (tags with no known word are skipped)."""
-        top = probs.topk(self.top_k_tags, dim=-1).indices
+        """q [B, D]: mean (or max) embedding of each image's top-k tags; tags with no known word are skipped."""
+        top = probs.topk(min(self.top_k_tags, probs.shape[-1]), dim=-1).indices
         emb = self.tag_embeddings[top]  # [B, k, D]
-        known = (emb.abs().sum(-1) > 0).to(emb.dtype).unsqueeze(-1)
+        known = (emb.abs().sum(-1) > 0).unsqueeze(-1)
+        if self.tag_pooling == "max":
+            pooled = emb.masked_fill(~known, float("-inf")).max(1).values
+            return torch.where(known.any(1), pooled, torch.zeros_like(pooled))
+        known = known.to(emb.dtype)
         return (emb * known).sum(1) / known.sum(1).clamp(min=1.0)
 
+    def image_side(self, probs):
+        return self.image_space.torch_transform(probs)
+
+    def song_context(self, songs, rows):
+        tokens, lengths = pad_batch([songs[i] for i in rows.tolist()])
+        h, final = self.encoder.context(tokens.to(self.tag_embeddings.device), lengths)
+        return h, final, lengths
+
+    def song_pairs(self, context, idx, probs):
+        h, final, lengths = context
+        if not self.conditional:
+            return self.mlp(final[idx])
+        vec, _ = self.encoder.attend(h[idx], lengths[idx.cpu()], self.query_vector(probs))
+        return self.mlp(vec)
+
+    def song_vectors(self, context):
+        return self.mlp(context[1])
+
     def forward(self, tokens, lengths, probs=None, return_attention: bool = False):
-        """-> projected lyric [B, T] (and attention weights [B, L] or None)."""
-        q = self.query_vector(probs) if self.attention else None
-        vec, s = self.encoder(tokens, lengths, q, return_attention=True)
-        out = self.mlp(vec)
+        """-> projected lyric [B, T] (and attention weights [B, L] or None), one image per lyric."""
+        h, final = self.encoder.context(tokens, lengths)
+        s = None
+        if self.attention:
+            if probs is None:
+                raise ValueError("this model uses tag attention: pass the images' tag probabilities")
+            final, s = self.encoder.attend(h, lengths, self.query_vector(probs))
+        out = self.mlp(final)
         return (out, s) if return_attention else out
 
 
-def save_model(
-    path: str | os.PathLike,
-    model: Image2SongModel,
-    *,
-    config: dict,
-    vocab: Vocabulary,
-    tag_names: Sequence[str],
-    image_space: ImageSpace,
-) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {
-        "format": "image2song-model/1",
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": dict(config),
-        "vocab": list(vocab.words),
-        "tag_names": list(tag_names),
-        "image_space": image_space.to_dict(),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+class LyricScorer:
+    """A trained lyric model and the vocabulary its songs are encoded with; ``score`` ranks songs."""
 
+    name = "paper"
+    losses = ("mse", "cosine", "margin")
 
-@dataclass
-class LoadedModel:
-    """A trained model with what it needs to score (image, song) pairs."""
-
-    model: Image2SongModel
-    vocab: Vocabulary
-    tag_names: list[str]
-    image_space: ImageSpace
-    config: dict
-    device: torch.device
+    def __init__(self, module: JointModule, vocab: Vocabulary, tag_names: Sequence[str], config: dict):
+        self.module, self.vocab, self.tag_names, self.config = module, vocab, list(tag_names), dict(config)
 
     @property
     def max_len(self) -> int:
         return int(self.config.get("max_len", DEFAULT_MAX_LEN))
 
-    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.vocab.encode(t, self.max_len) for t in texts]
+    def prepare(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.vocab.encode(t or "", self.max_len) for t in texts]
 
-    def image_vectors(self, image_probs: np.ndarray) -> torch.Tensor:
-        """Images in the model's tag space, L2-normalised [I, T] (CPU)."""
-        return F.normalize(torch.from_numpy(self.image_space.transform(np.asarray(image_probs, dtype=np.float32))), dim=-1)
-
-    @torch.inference_mode()
-    def song_vectors(self, song_texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Projected lyrics, L2-normalised [S, T] (CPU); only for models without tag attention."""
-        if self.model.attention:
-            raise ValueError("with tag attention a song's vector depends on the image: use score()")
-        self.model.eval()
-        seqs = self.encode_texts(song_texts)
-        vecs = []
-        for i in range(0, len(seqs), batch_size):
-            tokens, lengths = pad_batch(seqs[i : i + batch_size])
-            vecs.append(self.model(tokens.to(self.device), lengths).float().cpu())
-        if not vecs:
-            return torch.zeros(0, self.model.mlp[-1].out_features)
-        return F.normalize(torch.cat(vecs), dim=-1)
-
-    @torch.inference_mode()
-    def score(
-        self,
-        image_probs: np.ndarray,
-        song_texts: Sequence[str],
-        *,
-        batch_size: int = 256,
-        pair_batch: int = 2048,
-        progress: bool = False,
-    ) -> np.ndarray:
-        """Cosine similarity [I, S] between images (tag probs [I, T]) and songs (modeling_text).
-
-        Without attention each song is encoded once; with attention every (image, song) pair is
-        encoded with that image's tag query (the first BiLSTM still runs once per song).
-        """
-        from tqdm.auto import tqdm
-
-        self.model.eval()
-        dev = self.device
-        probs = torch.as_tensor(np.asarray(image_probs, dtype=np.float32))
-        img = self.image_vectors(probs.numpy())
-        n_img, n_song = probs.shape[0], len(song_texts)
-        if n_img == 0 or n_song == 0:
-            return np.zeros((n_img, n_song), dtype=np.float32)
-        if not self.model.attention:
-            return (img @ self.song_vectors(song_texts, batch_size=batch_size).T).numpy()
-        seqs = self.encode_texts(song_texts)
-        enc = self.model.encoder
-        # Attention: per-song context once, then per-pair attention + second BiLSTM.
-        q_all = self.model.query_vector(probs.to(dev))
-        img_dev = img.to(dev)
-        scores = np.zeros((n_img, n_song), dtype=np.float32)
-        bar = tqdm(total=n_img * n_song, desc="scoring pairs", unit="pair", disable=not progress)
-        for start in range(0, n_song, batch_size):
-            tokens, lengths = pad_batch(seqs[start : start + batch_size])
-            h, _ = enc.context(tokens.to(dev), lengths)
-            chunk = h.shape[0]
-            per = max(1, pair_batch // chunk)  # images per step
-            for i0 in range(0, n_img, per):
-                i1 = min(n_img, i0 + per)
-                k = i1 - i0
-                hh = h.unsqueeze(0).expand(k, *h.shape).reshape(k * chunk, *h.shape[1:])
-                vec, _ = enc.attend(hh, lengths.repeat(k), q_all[i0:i1].repeat_interleave(chunk, dim=0))
-                pred = F.normalize(self.model.mlp(vec).float(), dim=-1).reshape(k, chunk, -1)
-                scores[i0:i1, start : start + chunk] = torch.einsum("kcd,kd->kc", pred, img_dev[i0:i1]).cpu().numpy()
-                bar.update(k * chunk)
-        bar.close()
-        return scores
+    def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str]) -> np.ndarray:
+        return score_matrix(self.module, self.prepare(song_texts), len(song_texts), image_probs)
 
 
-def load_model(model_dir: str | os.PathLike, *, device: str = "auto") -> LoadedModel:
-    """Load ``<model_dir>/model.pt`` (or the file itself) written by ``training.train``."""
-    path = Path(model_dir)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained model at {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = blob["config"]
-    sd = blob["state_dict"]
-    model = Image2SongModel(
-        sd["encoder.embedding.weight"].numpy(),
-        sd["tag_embeddings"].numpy(),
-        hidden=cfg["hidden"],
-        attention=cfg["attention"],
-        mlp_hidden=cfg["mlp_hidden"],
-        dropout=cfg.get("dropout", 0.0),
-        top_k_tags=cfg.get("top_k_tags", TOP_K_TAGS),
-    )
-    model.load_state_dict(sd)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedModel(
-        model=model,
-        vocab=Vocabulary(list(blob["vocab"])),
-        tag_names=list(blob["tag_names"]),
-        image_space=ImageSpace.from_dict(blob["image_space"]),
-        config=cfg,
-        device=dev,
-    )
+class PaperModel(LyricScorer):
+    """The paper's model (Sec. 4): frozen word vectors, BiLSTM, optional tag attention, MLP to tag space."""
+
+    @classmethod
+    def build(cls, texts: Sequence[str], tag_names: Sequence[str], word_vectors, train_probs: np.ndarray, *,
+              hidden: int = 64, attention: bool = False, mlp_hidden: int = 256, dropout: float = 0.0,
+              tag_pooling: str = "mean", image_repr: str = DEFAULT_IMAGE_REPR, center_images: bool = DEFAULT_CENTER,
+              max_len: int = DEFAULT_MAX_LEN, **config) -> "PaperModel":
+        """An untrained model; ``texts``: every lyric of the snapshot (the vocabulary covers them all)."""
+        vocab = Vocabulary.build(texts, word_vectors)
+        space = ImageSpace.fit(train_probs, image_repr, center_images)
+        module = Image2SongModel(vocab.embedding_matrix(word_vectors), tag_embedding_matrix(tag_names, word_vectors),
+                                 space, hidden=hidden, attention=attention, mlp_hidden=mlp_hidden, dropout=dropout,
+                                 tag_pooling=tag_pooling)
+        cfg = dict(hidden=hidden, attention=attention, mlp_hidden=mlp_hidden, dropout=dropout, tag_pooling=tag_pooling,
+                   image_repr=image_repr, center_images=space.center, max_len=max_len, vocab_size=len(vocab), **config)
+        return cls(module, vocab, tag_names, cfg)
