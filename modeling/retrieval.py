@@ -8,30 +8,31 @@ from pathlib import Path
 import numpy as np
 
 
+def _model_file(model: str | os.PathLike) -> Path:
+    """A model file (``paper.pt``), or an experiment folder holding one."""
+    path = Path(model)
+    return path / "paper.pt" if path.is_dir() else path
+
+
 class SongSearcher:
     """Keeps the model, the tagger and the snapshot's songs loaded for repeated queries."""
 
-    def __init__(self, model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike, *, tags_model=None, device: str = "auto"):
+    def __init__(self, model: str | os.PathLike, snapshot_dir: str | os.PathLike, *, tags_model=None, device: str = "auto"):
         from curation.snapshots.reader import load_snapshot
-        from modeling.model import load_model
+        from modeling.models import load_scorer
         from modeling.tagging import Tagger
 
-        self.model = load_model(model_dir, device=device)
+        self.model = load_scorer(_model_file(model), device=device)
         self.tagger = tags_model if tags_model is not None else Tagger(device)
-        if list(self.tagger.tag_names) != self.model.tag_names:
+        if list(self.tagger.tag_names) != list(self.model.tag_names):
             raise ValueError("the tagger's tag names differ from the ones the model was trained with")
         songs = load_snapshot(snapshot_dir).songs
         self.songs = songs[["song_id", "title", "artist"]].reset_index(drop=True)
         self.texts = songs["modeling_text"].fillna("").tolist()
-        # Without tag attention the song side does not depend on the query: encode it once.
-        self._song_vecs = None if self.model.model.attention else self.model.song_vectors(self.texts)
 
     def search_probs(self, probs: np.ndarray, top_k: int = 10) -> list[dict]:
         probs = np.asarray(probs, dtype=np.float32).reshape(1, -1)
-        if self._song_vecs is not None:
-            scores = (self.model.image_vectors(probs) @ self._song_vecs.T).numpy()[0]
-        else:
-            scores = self.model.score(probs, self.texts)[0]
+        scores = self.model.score(probs, self.songs.song_id.tolist(), self.texts)[0]
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [
             {"rank": r + 1, "song_id": str(self.songs.song_id[i]), "title": self.songs.title[i],
@@ -44,7 +45,7 @@ class SongSearcher:
 
 
 def search_songs(
-    model_dir: str | os.PathLike,
+    model: str | os.PathLike,
     snapshot_dir: str | os.PathLike,
     image_path: str | os.PathLike,
     *,
@@ -54,10 +55,10 @@ def search_songs(
 ) -> list[dict]:
     """Top-``top_k`` songs of the snapshot for one image file, best first.
 
-    Each result: rank, song_id, title, artist, score (cosine similarity in the model's tag space).
-    ``tags_model``: a loaded ``modeling.tagging.Tagger`` to reuse (else one is loaded). For many
-    queries keep a ``SongSearcher`` instead.
+    ``model``: a trained ``paper.pt`` or the experiment folder holding it. Each result: rank, song_id,
+    title, artist, score (cosine similarity in the model's tag space). ``tags_model``: a loaded
+    ``modeling.tagging.Tagger`` to reuse (else one is loaded). For many queries keep a ``SongSearcher``.
     """
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"no image file at {image_path}")
-    return SongSearcher(model_dir, snapshot_dir, tags_model=tags_model, device=device).search(image_path, top_k)
+    return SongSearcher(model, snapshot_dir, tags_model=tags_model, device=device).search(image_path, top_k)
