@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 from modeling.lyric_encoder import tag_name_words
-from modeling.tagging import NUM_TAGS, imagenet_tag_names, write_tags
+from modeling.tags import write_view
+from modeling.tags.vocabularies import imagenet_class_names
 
+NUM_TAGS = 1000
 FILLER = "love night heart baby dance time dream fire rain sky road summer home light river song".split()
 
 
@@ -41,7 +43,7 @@ def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_
     its 5 images' tag vectors peak at that class. Split B: 4 train + 1 test image per song; split A:
     10 songs held out."""
     rng = np.random.default_rng(seed)
-    names = imagenet_tag_names()
+    names = list(imagenet_class_names())
     classes = [c for c in range(0, NUM_TAGS, 23) if len(tag_name_words(names[c])) <= 2][:n_songs]
     songs, rows, shas, probs = [], [], [], []
     test_a = set(range(0, n_songs, test_a_every))
@@ -65,7 +67,7 @@ def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_
         for r, sid in zip(train_rows, ids):
             r["song_id"] = sid
     snap = write_snapshot(root / ("shuffled" if shuffle_train else "snap"), rows, songs)
-    tags = write_tags(snap.parent / f"{snap.name}-tags.parquet", shas, np.array(probs, dtype=np.float32))
+    tags = write_view(snap.parent / f"{snap.name}-tags.parquet", shas, np.array(probs, dtype=np.float32), names)
     return snap, tags
 
 

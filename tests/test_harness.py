@@ -107,7 +107,7 @@ def test_margin_negatives_come_from_the_whole_training_set():
     touched = module.songs.weight.grad.abs().sum(1) > 0
     assert touched[2] and touched.sum() > 1  # other songs than the batch's got gradients
     only_self = dict(kw, all_rows=torch.tensor([2]), train_rows=torch.full((30,), 2))
-    assert float(_loss("margin", module, None, rows, probs, gen=torch.Generator(), **only_self)) == 0.0  # own song masked
+    assert float(_loss("margin", module, None, rows, probs, gen=torch.Generator(), **only_self).detach()) == 0.0  # own song masked
 
 
 def test_early_stopping_keeps_the_best_epoch(task, glove):

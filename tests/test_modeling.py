@@ -1,131 +1,26 @@
-"""Tests for the modeling package: tagging, word vectors, vocabulary, retrieval metrics, search.
+"""Tests for the modeling package (tags: tests/test_tags.py; models: test_models.py; harness: test_harness.py;
+search: test_search.py): word vectors, vocabulary, retrieval metrics.
 
 CPU only; builds its own tiny snapshots (contract of ``curation/snapshots/reader.py``) in tmp_path.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from modeling.harness import evaluation as ev  # noqa: E402
 from modeling.lyric_encoder import Vocabulary, tag_name_words  # noqa: E402
-from modeling.tagging import NUM_TAGS, extract_tags, imagenet_tag_names, load_tags  # noqa: E402
 from modeling.word_vectors import load_word_vectors  # noqa: E402
-from synthetic_task import write_snapshot  # noqa: E402
 
-
-# ------------------------------------------------------------------ helpers
-def make_jpeg(store: Path, seed: int) -> tuple[str, str]:
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (96, 72), tuple(int(v) for v in rng.integers(0, 255, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(4):
-        x, y = rng.integers(0, 60, 2)
-        draw.ellipse([int(x), int(y), int(x) + 30, int(y) + 25], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    data = buf.getvalue()
-    sha = hashlib.sha256(data).hexdigest()
-    rel = f"{sha[:2]}/{sha}.jpg"
-    (store / sha[:2]).mkdir(parents=True, exist_ok=True)
-    (store / rel).write_bytes(data)
-    return sha, rel
+NUM_TAGS = 1000
 
 
 @pytest.fixture(scope="session")
 def glove():
     return load_word_vectors()
-
-
-@pytest.fixture()
-def image_snapshot(tmp_path):
-    """Six real JPEGs + one corrupt file in an object store, referenced by a snapshot."""
-    store = tmp_path / "store"
-    rows = []
-    for i in range(6):
-        sha, rel = make_jpeg(store, i)
-        rows.append(dict(post_id=f"p{i}", image_sha256=sha, image_path=rel, song_id=f"s{i % 3}", split_a="train", split_b="train"))
-    bad = b"\xff\xd8\xff\xe0 this is not really a jpeg"
-    bad_sha = hashlib.sha256(bad).hexdigest()
-    (store / "bad").mkdir()
-    (store / "bad" / "broken.jpg").write_bytes(bad)
-    rows.append(dict(post_id="p-bad", image_sha256=bad_sha, image_path="bad/broken.jpg", song_id="s0", split_a="train", split_b="test"))
-    songs = [dict(song_id=f"s{i}", title=f"t{i}", artist="a", modeling_text="golden retriever love") for i in range(3)]
-    snap = write_snapshot(tmp_path / "snap", rows, songs)
-    return snap, store, rows, bad_sha
-
-
-# ------------------------------------------------------------------ tagging
-def test_tag_names_are_imagenet():
-    names = imagenet_tag_names()
-    assert len(names) == NUM_TAGS and names[0] == "tench" and "golden retriever" in names
-
-
-def test_extract_tags_shapes_sums_and_broken_image(image_snapshot, tmp_path):
-    snap, store, rows, bad_sha = image_snapshot
-    out = tmp_path / "tags.parquet"
-    summary = extract_tags(snap, store, out, batch_size=4, progress=False)
-    assert summary["n_images"] == 7 and summary["n_tagged"] == 7 and summary["n_errors"] == 1
-    shas, probs, names = load_tags(out)
-    assert len(shas) == 6 and bad_sha not in shas
-    assert probs.shape == (6, NUM_TAGS) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-    assert (probs >= 0).all() and names == imagenet_tag_names()
-    table = pq.read_table(out).to_pandas()
-    bad = table[table.image_sha256 == bad_sha].iloc[0]
-    assert bad.status == "error" and bad.error and bad.probs is None
-    assert set(table[table.status == "ok"].image_sha256) == {r["image_sha256"] for r in rows[:6]}
-    assert pq.read_schema(out).field("probs").type.list_size == NUM_TAGS
-    assert not (tmp_path / "tags.parquet.parts").exists()
-
-
-def test_extract_tags_resumes(image_snapshot, tmp_path, monkeypatch):
-    snap, store, rows, bad_sha = image_snapshot
-    out = tmp_path / "tags.parquet"
-    from modeling import tagging
-
-    # A run that crashes after its first batch leaves a checkpoint behind ...
-    real_predict = tagging.Tagger.predict
-    calls = {"n": 0}
-
-    def crashing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        return real_predict(self, batch)
-
-    monkeypatch.setattr(tagging.Tagger, "predict", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        extract_tags(snap, store, out, batch_size=2, checkpoint_every=2, progress=False)
-    monkeypatch.setattr(tagging.Tagger, "predict", real_predict)
-    assert list((tmp_path / "tags.parquet.parts").glob("part-*.parquet"))
-
-    # ... which the next run skips.
-    s2 = extract_tags(snap, store, out, batch_size=2, progress=False)
-    assert s2["n_skipped"] == 2 and s2["n_tagged"] == 5
-    shas, probs, _ = load_tags(out)
-    assert len(shas) == 6 == len(set(shas))
-
-    # Done images are skipped; the broken one is retried unless told not to.
-    s3 = extract_tags(snap, store, out, progress=False)
-    assert s3["n_skipped"] == 6 and s3["n_tagged"] == 1 and s3["n_errors"] == 1
-    s4 = extract_tags(snap, store, out, retry_errors=False, progress=False)
-    assert s4["n_tagged"] == 0
-    shas4, probs4, _ = load_tags(out)
-    assert shas4 == shas and np.array_equal(probs4, probs)
 
 
 # ------------------------------------------------------------------ word vectors
@@ -231,22 +126,3 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_queries():
     width = lambda r: np.diff(ev.bootstrap_ci(r, ["R@10"])["R@10"])[0]  # noqa: E731
     assert width(large) < width(small) / 3
     assert ev.bootstrap_ci(np.ones(30, int), ["R@1"])["R@1"] == [100.0, 100.0]
-
-
-# ------------------------------------------------------------------ retrieval
-def test_search_songs_for_an_image_file(tmp_path, glove):
-    from modeling.harness.training import train_models
-    from modeling.retrieval import search_songs
-    from modeling.tagging import Tagger
-    from synthetic_task import synthetic_task
-
-    snap, tags = synthetic_task(tmp_path, n_songs=12)
-    train_models(snap, tags, tmp_path / "run", split="b", models=("paper",), attention=False, epochs=1, hidden=8,
-                 mlp_hidden=16, word_vectors=glove, device="cpu")
-    sha, rel = make_jpeg(tmp_path, 42)
-    results = search_songs(tmp_path / "run", snap, tmp_path / rel, top_k=5, tags_model=Tagger("cpu"), device="cpu")
-    assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert {"song_id", "title", "artist", "score"} <= set(results[0])
-    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
-    with pytest.raises(FileNotFoundError):
-        search_songs(tmp_path / "run", snap, tmp_path / "nope.jpg")

@@ -97,12 +97,15 @@ def save_scorer(scorer, path) -> "Path":
 
 
 def load_scorer(path, *, device: str = "auto"):
-    """Read a model written by ``save_scorer`` (a pickle: load only run folders you trust)."""
+    """Read a model written by ``save_scorer`` (a pickle: load only run folders you trust); a folder
+    means its ``paper.pt`` (the paper's model of an experiment)."""
     from pathlib import Path
 
     from modeling import resolve_device
 
     path = Path(path)
+    if path.is_dir():
+        path = path / "paper.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no trained model at {path}")
     scorer = torch.load(path, map_location="cpu", weights_only=False)

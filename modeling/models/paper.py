@@ -220,6 +220,30 @@ class LyricScorer:
     def prepare(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.vocab.encode(t or "", self.max_len) for t in texts]
 
+    @property
+    def conditional(self) -> bool:
+        """With tag attention a song's vector depends on the image: there is no vector per song."""
+        return bool(self.module.conditional)
+
+    @torch.inference_mode()
+    def image_vectors(self, image_probs: np.ndarray) -> np.ndarray:
+        """Images in the model's space, unit length [I, D]."""
+        self.module.eval()
+        p = torch.as_tensor(np.asarray(image_probs, dtype=np.float32), device=self.module.tag_embeddings.device)
+        return F.normalize(self.module.image_side(p).float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def song_vectors(self, song_texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Songs in the model's space, unit length [S, D]; models without tag attention only."""
+        if self.conditional:
+            raise ValueError("with tag attention a song's vector depends on the image: use score()")
+        self.module.eval()
+        songs, out = self.prepare(song_texts), []
+        for s0 in range(0, len(songs), batch_size):
+            rows = torch.arange(s0, min(len(songs), s0 + batch_size))
+            out.append(F.normalize(self.module.song_vectors(self.module.song_context(songs, rows)).float(), dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.module.mlp[-1].out_features), np.float32)
+
     def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str]) -> np.ndarray:
         return score_matrix(self.module, self.prepare(song_texts), len(song_texts), image_probs)
 
