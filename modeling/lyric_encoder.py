@@ -30,7 +30,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 PAD = "<pad>"
 DEFAULT_MAX_LEN = 200
@@ -96,12 +95,36 @@ def pad_batch(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.T
     return tokens, lengths
 
 
-def _final_output(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a 1-layer BiLSTM over padded ``x`` -> (outputs [B, L, 2H] zero-padded, final [B, 2H])."""
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, (h_n, _) = lstm(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-    return out, torch.cat([h_n[-2], h_n[-1]], dim=-1)
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of a zero-padded batch [B, L, ...] within its own length (padding stays at the end)."""
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    n = lengths.to(x.device).unsqueeze(1)
+    idx = torch.where(steps < n, n - 1 - steps, steps)
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class BiLSTM(nn.Module):
+    """A one-layer BiLSTM over zero-padded batches, without packing: the backward direction reads each
+    sequence reversed within its length, so padding only ever follows the real tokens and never reaches
+    a real output. Same results as a packed ``nn.LSTM(bidirectional=True)``; on the CPU its backward pass
+    is about ten times faster (packed sequences backpropagate step by step in small pieces)."""
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.forward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+        self.backward_lstm = nn.LSTM(input_size, hidden, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (outputs h_t [B, L, 2H], zero past each length; final output [B, 2H]: the forward state after
+        the last word and the backward state after the first)."""
+        fwd, _ = self.forward_lstm(x)
+        bwd, _ = self.backward_lstm(reverse_within_length(x, lengths))
+        last = (lengths.to(x.device) - 1).view(-1, 1, 1)
+        final = torch.cat([fwd.gather(1, last.expand(-1, 1, fwd.shape[2])).squeeze(1),
+                           bwd.gather(1, last.expand(-1, 1, bwd.shape[2])).squeeze(1)], dim=-1)
+        out = torch.cat([fwd, reverse_within_length(bwd, lengths)], dim=-1)
+        mask = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.to(x.device).unsqueeze(1)
+        return out * mask.unsqueeze(-1).to(out.dtype), final
 
 
 class LyricEncoder(nn.Module):
@@ -120,7 +143,7 @@ class LyricEncoder(nn.Module):
         self.word_dim = emb.shape[1]
         self.hidden = hidden
         self.attention = attention
-        self.lstm = nn.LSTM(self.word_dim, hidden, batch_first=True, bidirectional=True)
+        self.lstm = BiLSTM(self.word_dim, hidden)
         if attention:
             a = attention_dim or hidden
             self.W_am = nn.Linear(2 * hidden, a, bias=False)
@@ -133,7 +156,7 @@ class LyricEncoder(nn.Module):
 
     def context(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image."""
-        return _final_output(self.lstm, self.embedding(tokens), lengths)
+        return self.lstm(self.embedding(tokens), lengths)
 
     def attention_weights(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """s_t [B, L]: softmax over each lyric's real tokens (padding gets exactly 0)."""

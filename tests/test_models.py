@@ -70,7 +70,8 @@ def test_forward_shapes_and_padding_invariance(attention):
 
 def test_attention_reweights_the_bilstm_outputs_without_a_second_encoder():
     model = _toy_model(True)
-    assert not any(isinstance(m, torch.nn.LSTM) for name, m in model.named_modules() if name != "encoder.lstm")
+    lstms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.LSTM)}
+    assert lstms == {"encoder.lstm.forward_lstm", "encoder.lstm.backward_lstm"}  # the one BiLSTM
     tokens, lengths = pad_batch([[1, 2, 3, 4]])
     probs = torch.softmax(torch.randn(1, T), -1)
     with torch.no_grad():
@@ -177,3 +178,24 @@ def test_hybrid_fuses_standardised_scores_and_falls_back_to_lyrics():
     relevant = np.array([[False, True, False], [True, False, False]])
     w, grid = fit_weight(lyric, control, lambda s: float((s[relevant] - s[~relevant].reshape(2, 2).max(1)).mean()))
     assert w == max(grid, key=lambda k: (grid[k], k)) and w < 0.5  # the control knows better here
+
+
+def test_bilstm_without_packing_equals_the_packed_bilstm():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from modeling.lyric_encoder import BiLSTM
+
+    torch.manual_seed(0)
+    ours = BiLSTM(5, 4)
+    packed = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+    with torch.no_grad():  # the same weights in both
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(packed, name).copy_(getattr(ours.forward_lstm, name))
+            getattr(packed, name + "_reverse").copy_(getattr(ours.backward_lstm, name))
+    lengths = torch.tensor([6, 2, 4, 1])
+    x = torch.randn(4, 6, 5) * (torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+    out, final = ours(x, lengths)
+    ref, (h_n, _) = packed(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    ref, _ = pad_packed_sequence(ref, batch_first=True, total_length=6)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(final, torch.cat([h_n[-2], h_n[-1]], -1), atol=1e-6, rtol=1e-5)
