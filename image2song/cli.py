@@ -186,20 +186,42 @@ def cmd_tags(args, settings: Settings) -> int:
     return 0
 
 
+def _train_args(args) -> dict:
+    return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
+            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines}
+
+
 def cmd_train(args, settings: Settings) -> int:
+    """Train and evaluate every chosen model per vocabulary and split, then write the run's report."""
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    _show(stages.train(settings, snapshot, tags["tags_path"], split=args.split, epochs=args.epochs,
-                       attention=args.attention))
+    vocabularies = args.vocabulary or stages.TRAIN_DEFAULTS["tag_vocabularies"]
+    tags = stages.extract_tags(settings, snapshot, vocabulary=vocabularies[0], device=args.device)
+    params = _train_args(args)
+    evaluations = []
+    for vocabulary in vocabularies:
+        for split in args.split or ["a", "b"]:
+            model = stages.train(settings, snapshot, tags["tags_paths"], split=split, vocabulary=vocabulary,
+                                 params=params, device=args.device, progress=sys.stderr.isatty())
+            evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
+    summary = stages.report(settings, evaluations, snapshot)
+    print(summary["table"])
+    print(f"\nreport: {summary['report']} (and .html); every run of the snapshot: {summary['snapshot_report']}")
     return 0
 
 
 def cmd_evaluate(args, settings: Settings) -> int:
-    snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    result = stages.evaluate(settings, model_dir, snapshot, tags["tags_path"])
-    print(stages.report(settings, [result], snapshot)["table"])
+    """Re-evaluate the models of a run folder and rewrite its report."""
+    from pathlib import Path
+
+    run = Path(args.run)
+    experiments = sorted(p.parent for p in run.glob("*/split-*/training.json"))
+    if not experiments:
+        raise FileNotFoundError(f"no trained experiment under {run} (expected <vocabulary>/split-<a|b>/training.json)")
+    evaluations = [stages.evaluate(settings, str(e)) for e in experiments]
+    snapshot = json.loads((run / "run.json").read_text())["snapshot"]
+    summary = stages.report(settings, evaluations, stages.resolve_snapshot(settings, snapshot))
+    print(summary["table"])
+    print(f"\nreport: {summary['report']}")
     return 0
 
 
@@ -210,8 +232,8 @@ def cmd_search(args, settings: Settings) -> int:
         print("image2song search: give an image file, or --song TITLE for images that fit a song", file=sys.stderr)
         return 2
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    tags = stages.extract_tags(settings, snapshot)
+    model_dir = args.model or stages.latest_model(settings, snapshot, args.split)
+    tags = stages.extract_tags(settings, snapshot, vocabulary=stages.model_vocabulary(model_dir))
     search = SongSearch(model_dir, snapshot, tags["tags_path"], kind=args.index, rebuild=args.rebuild_index)
     try:
         if args.image is not None:
@@ -358,16 +380,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
     p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
-    for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
-                             ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):
-        p = add(name, func, text)
-        p.add_argument("--snapshot", help="version or folder (default latest)")
-        p.add_argument("--split", choices=["a", "b"], default="a", help="the paper's split A or B (default a)")
-        if name == "train":
-            p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-            p.add_argument("--attention", action="store_true", help="use the paper's tag attention")
-        else:
-            p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p = add("train", cmd_train, "train the paper's model, its baselines and the hybrid on a snapshot, evaluate "
+            "them (R@K, MedR, 95 % intervals, chance) and write the run's report")
+    p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--split", choices=["a", "b"], action="append",
+                   help="the paper's split A (unseen songs) or B (unseen images); repeat for both (default both)")
+    p.add_argument("--vocabulary", action="append", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="tag vocabulary; repeat for several, one experiment each (default obj+attr)")
+    p.add_argument("--model", choices=["bilstm+attention", "bilstm"], default="bilstm+attention",
+                   help="the paper's model with or without tag attention (default with)")
+    p.add_argument("--loss", choices=["mse", "cosine", "margin"], default="mse", help="the paper's model's loss (default mse)")
+    p.add_argument("--word-vectors", help="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
+                   "(default IMAGE2SONG_WORD_VECTORS)")
+    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs; early stopping on validation (default 30)")
+    p.add_argument("--seed", type=int, help="training seed (default IMAGE2SONG_SEED)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--baselines", nargs="*", choices=["attentive-reader", "psi", "minilm", "conse", "control", "popularity"],
+                   help="baselines beside the paper's model (default all; control adds the hybrid)")
+
+    p = add("evaluate", cmd_evaluate, "re-evaluate the models of a run folder and rewrite its report")
+    p.add_argument("run", help="a run folder (<state>/runs/<snapshot>/<run>)")
 
     p = add("search", cmd_search, "find songs for an image (or images for a song) with a trained model",
             "Rank the snapshot's songs for an image file by the model's cosine score, and show the image's "
@@ -379,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--song", help="instead of an image: a song's title ('title — artist' when titles repeat) or id")
     p.add_argument("--snapshot", help="version or folder (default latest)")
     p.add_argument("--split", choices=["a", "b"], default="b")
-    p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p.add_argument("--model", help="a trained model's folder, <run>/<vocabulary>/split-<a|b> (default: the latest run of the snapshot)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto",
                    help="auto (default): exact up to 50,000 vectors, faiss IVF above")
