@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from curation.review import queue as rq
 from curation.catalog import ReviewEvent, ReviewItem, session_scope
 from curation.catalog.models import ReviewAssignment
-from curation.review.app import ReviewConfig, create_app
+from curation.review.app import ReviewConfig, create_app, server_config
+from curation.review.security import ThrottleConfig
 from curation.review.users import add_curator
 from test_review_queue import make_items
 
@@ -33,7 +34,7 @@ def running_app(config: ReviewConfig):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(create_app(config)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -94,7 +95,8 @@ def test_anonymous_gets_the_login_page_and_nothing_else(app_env):
 
 def test_login_needs_csrf_and_is_rate_limited(app_env):
     db_url, store = app_env
-    with running_app(ReviewConfig(db_url=db_url, object_store=store, login_failures=3)) as base:
+    with running_app(ReviewConfig(db_url=db_url, object_store=store,
+                                  throttle=ThrottleConfig(free_failures=3, base_delay=60))) as base:
         fresh = requests.Session()
         fresh.get(f"{base}/login")
         no_token = fresh.post(f"{base}/login", data={"name": "ann", "password": PASSWORD}, allow_redirects=False)
@@ -202,7 +204,7 @@ def test_curator_api_claim_submit_replay_undo_and_images(app_env):
         assert answer["result"]["replayed"] is False and again["result"]["replayed"] is True
         assert answer["next"]["item"] != first["item"] and again["next"]["item"] not in (first["item"], answer["next"]["item"])
         bad = ann.post(f"{base}/api/submit", json={"token": answer["next"]["token"], "decision": "edit", "text": " "})
-        assert bad.status_code == 400
+        assert bad.status_code == 422 and "corrected lyric" in bad.json()["error"]
         ann.post(f"{base}/api/submit", json={"token": answer["next"]["token"], "decision": "reject-not-found"})
         undone = ann.post(f"{base}/api/undo").json()
         assert undone["item"]["item"] == answer["next"]["item"] and undone["undone"]["decision"] == "reject-not-found"
