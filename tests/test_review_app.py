@@ -53,8 +53,21 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
 
 
-def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+def client() -> requests.Session:
+    """An HTTP client that resends a request whose connection broke, as the page does: every API
+    call is safe to resend (a submit is keyed by its lease token)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
     session = requests.Session()
+    retry = Retry(total=4, connect=4, read=4, status=0, other=0, allowed_methods=None, backoff_factor=0.2,
+                  raise_on_status=False)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+    session = client()
     page = session.get(f"{base}/login")
     response = session.post(f"{base}/login", data={"name": name, "password": password, "csrf": csrf_of(page.text)},
                             allow_redirects=False)

@@ -267,6 +267,9 @@ def create_app(config: ReviewConfig) -> FastAPI:
                 return anonymous(request)
         problems = []
         for problem in error.errors()[:5]:
+            if problem.get("type") == "json_invalid":
+                problems.append("the body is not valid JSON")
+                continue
             where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path"))
             problems.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}"[:200])
         return bad(request, "; ".join(problems) or "invalid request", 422)
