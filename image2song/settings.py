@@ -12,6 +12,8 @@ IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to r
 IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_REVIEW_TRUSTED_PROXIES  reverse proxies (addresses or networks, comma-separated) whose
+                          X-Forwarded-For the review app believes; default none
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    review_trusted_proxies: str = ""
 
     @property
     def snapshots(self) -> Path:
@@ -73,6 +76,7 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            review_trusted_proxies=env.get("IMAGE2SONG_REVIEW_TRUSTED_PROXIES", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,6 +86,6 @@ class Settings:
             "object_store": "IMAGE2SONG_OBJECT_STORE", "site_url": "IMAGE2SONG_SITE_URL",
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "user_agent": "IMAGE2SONG_USER_AGENT",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED",
+            "seed": "IMAGE2SONG_SEED", "review_trusted_proxies": "IMAGE2SONG_REVIEW_TRUSTED_PROXIES",
         }
         return {names[f.name]: str(getattr(self, f.name)) for f in fields(self)}
