@@ -195,8 +195,8 @@ def _claim_statements():
     # Each query walks an index (owner/left_by, or the claim index (state, priority, id) backwards),
     # so it costs the same with 10 or 100,000 items.
     preferences = (
-        or_(and_(slot.state == "open", slot.left_by == curator, slot.left_how == "released"),
-            and_(expired, slot.lease_owner == curator)),
+        and_(slot.left_by == curator, slot.state == "open", slot.left_how == "released"),
+        and_(slot.lease_owner == curator, expired),
         and_(expired, not_skipped_by_me),
         and_(slot.state == "open", not_skipped_by_me),
         and_(or_(slot.state == "open", expired), skipped_by_me),

@@ -30,6 +30,7 @@ def start(db_url: str, curator: str, lifetime_seconds: int, now: datetime | None
     now = now or datetime.now(timezone.utc)
     token = secrets.token_urlsafe(32)
     with session_scope(db_url) as session:
+        session.execute(delete(ReviewSession).where(ReviewSession.expires_at < now))  # sessions nobody ended
         session.add(ReviewSession(token_hash=_hash(token), curator=curator, created_at=now, last_seen_at=now,
                                   expires_at=now + timedelta(seconds=lifetime_seconds)))
     return token
