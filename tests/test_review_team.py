@@ -316,3 +316,23 @@ def test_audit_changes_show_only_what_changed_and_cut_long_texts():
     assert [c["field"] for c in changes] == ["state", "comment"]
     long = audit_changes(None, {"text": "y" * 1000})[0]
     assert long["before"] == "—" and long["after"].endswith("(400 more characters)")
+
+
+def test_login_delays_grow_per_account_and_reset_on_success():
+    from curation.review.security import LoginThrottle
+
+    throttle = LoginThrottle(ThrottleConfig(free_failures=3, base_delay=1, max_delay=8, forget_after=3600))
+    waits = []
+    now = 1000.0
+    for _ in range(8):  # each attempt as soon as it is allowed
+        wait, _why = throttle.wait_seconds("Ann", "10.0.0.1", now)
+        now += wait
+        waits.append(round(wait, 3))
+        throttle.failed("ann", "10.0.0.1", now)
+    assert waits == [0, 0, 0, 1, 2, 4, 8, 8]  # 3 free, then doubling, capped
+    assert throttle.wait_seconds("ann", "10.9.9.9", now)[1] == "account"  # any address: it is the account
+    assert throttle.wait_seconds("bob", "10.0.0.1", now) == (0.0, "")  # the address is not locked
+    throttle.succeeded("ANN")
+    assert throttle.wait_seconds("ann", "10.0.0.1", now) == (0.0, "")
+    throttle.failed("carol", "10.0.0.2", now)
+    assert throttle.wait_seconds("carol", "10.0.0.2", now + 3601) == (0.0, "")  # forgotten after an hour

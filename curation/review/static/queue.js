@@ -42,7 +42,12 @@
     }
   }
 
-  function say(text) { const m = $("message"); m.textContent = text; m.hidden = !text; }
+  // A message; pieces given as {user: text} are someone's text (a title), isolated for bidi display.
+  function say(...parts) {
+    const m = $("message");
+    m.replaceChildren(...parts.map((p) => (typeof p === "object" && p ? el("bdi", p.user, { dir: "auto" }) : String(p))));
+    m.hidden = !m.textContent;
+  }
 
   function leased(item) { item.deadline = Date.now() + (item.lease_seconds || leaseSeconds) * 1000; return item; }
 
@@ -187,7 +192,7 @@
         add(data.next);
       } catch (error) {
         if (error.lost) leaseLost(item, text);
-        else say("Item " + item.item + " (" + item.title + "): not saved — " + error.message);
+        else say("Item " + item.item + " (", { user: item.title }, "): not saved — " + error.message);
         if (remaining !== null) remaining += 1;
       }
       sending -= 1;
