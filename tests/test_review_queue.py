@@ -226,7 +226,8 @@ def test_renewed_leases_outlive_their_first_expiry_and_lost_ones_say_so(db_url):
     # without the renewal bob would take it over at t0+70; with it the lease still holds
     taken = rq.claim(db_url, "bob", lease_seconds=60, now=t0 + timedelta(seconds=70))
     assert taken["item"] != lease["item"]
-    assert rq.submit(db_url, lease["token"], "accept", curator="ann", now=t0 + timedelta(seconds=100))["replayed"] is False
+    decided = rq.submit(db_url, lease["token"], "accept", curator="ann", now=t0 + timedelta(seconds=100))
+    assert decided["replayed"] is False
     assert rq.renew(db_url, [lease["token"]], "ann")[lease["token"]] is None  # decided: nothing to renew
     assert rq.renew(db_url, [taken["token"]], "ann")[taken["token"]] is None  # not hers
 

@@ -66,7 +66,8 @@ def test_password_change_and_reset_end_every_session_of_that_curator(team):
                                                               "csrf": laptop.headers["X-CSRF-Token"]})
         assert "Password unchanged: the current password is wrong" in wrong.text and works(phone, base)
         changed = laptop.post(f"{base}/account/password", allow_redirects=False,
-                              data={"current": PASSWORD, "new": "another secret 1", "csrf": laptop.headers["X-CSRF-Token"]})
+                              data={"current": PASSWORD, "new": "another secret 1",
+                                    "csrf": laptop.headers["X-CSRF-Token"]})
         assert changed.headers["location"] == "/login"
         assert not works(laptop, base) and not works(phone, base)
         assert works(bob, base)  # nobody else is touched

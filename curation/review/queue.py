@@ -437,6 +437,7 @@ def undo_last(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, 
             candidate.verdict, candidate.reason = previous.get("verdict"), previous.get("reason")
             candidate.decided_by, candidate.text = previous.get("decided_by"), previous.get("text")
             item.decision, item.corrected_text = previous.get("decision"), previous.get("corrected_text")
+            item.comment = previous.get("comment")
             item.decided_by = item.decided_at = None
         item.state = "leased"
         token = secrets.token_urlsafe(24)
