@@ -7,6 +7,11 @@ rather than in SQLite's sleeping busy handler). An expired lease returns its slo
 Submitting is keyed by the lease token: a retried submit replays the recorded answer, and a token
 whose lease was taken over (or undone) is refused, so it can never overwrite a newer decision.
 
+An open page renews its leases (``renew``); a curator can give an item back undecided (``skip``: it
+goes to others first) or leave (``release``, ``release_all``: her claims come back to her first when
+she returns, if still free), change her recent decisions until a snapshot is published after them
+(``revise``), and comment on any decision. Admins find items (``find_items``) and ``reopen`` them.
+
 With overlap N, an item is final when N curators have decided; if they disagree it waits for an
 admin to settle it. Agreement is reported as Fleiss' kappa (all items) and Cohen's kappa (pairs).
 
