@@ -168,9 +168,12 @@ def test_curator_page_for_a_team(browser, tmp_path):
         page.keyboard.press("e")
         page.wait_for_selector("#corrected:focus")
         page.fill("#corrected", "kept through the heartbeat")
-        [lease] = [lease for lease in rq.my_leases(db_url, "ann") if lease["item"] == first]
-        first_expiry = datetime.fromisoformat(lease["expires_at"])
-        page.wait_for_function(f"() => Date.now() > {(first_expiry + timedelta(seconds=1)).timestamp() * 1000}")
+        held = {lease["item"]: datetime.fromisoformat(lease["expires_at"]) for lease in rq.my_leases(db_url, "ann")}
+        assert len(held) == 2 and first in held  # the one on screen and the pre-claimed next one
+        latest_expiry = max(held.values())
+        page.wait_for_function(f"() => Date.now() > {(latest_expiry + timedelta(seconds=1)).timestamp() * 1000}")
+        renewed = {lease["item"] for lease in rq.my_leases(db_url, "ann")}  # live leases only
+        assert renewed == set(held)  # both outlived their first expiry: the heartbeat renewed them
         page.keyboard.press("Control+Enter")
         wait_off(first)
         page.wait_for_function("() => document.querySelectorAll('#recent-list li').length === 1")
@@ -178,6 +181,7 @@ def test_curator_page_for_a_team(browser, tmp_path):
 
         # a lease lost anyway (taken over while the editor is open): the text stays, claim it again
         second = current()
+        assert second in held  # the pre-claimed item, kept all along
         page.keyboard.press("e")
         page.wait_for_selector("#corrected:focus")
         page.fill("#corrected", "my careful words")
