@@ -236,7 +236,7 @@ def test_curator_api_claim_submit_replay_undo_and_images(app_env):
         assert released == {"released": 1}
 
 
-def run_curators(base: str, names: list[str], seconds: float = 120) -> tuple[list[int], list[str]]:
+def run_curators(base: str, names: list[str], seconds: float = 600) -> tuple[list[int], list[str]]:
     """Each curator logs in and works until the queue is empty: save-and-next, with a retried
     (duplicate) submit now and then. Returns the items each decision was recorded for, and errors."""
     recorded: list[int] = []
