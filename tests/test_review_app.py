@@ -150,8 +150,9 @@ def test_curators_cannot_use_admin_pages_and_disabled_accounts_are_out(app_env):
     [item, _] = make_items(db_url, 2, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store, user_cache_seconds=0)) as base:
         ann = login(base, "ann")
-        for path in ["/admin", "/admin/audit", "/admin/export.jsonl"]:
+        for path in ["/admin", "/admin/audit", "/admin/export.jsonl", "/admin/find?q=Song"]:
             assert ann.get(base + path).status_code == 403
+        assert ann.post(f"{base}/admin/reopen/{item}", data={"csrf": ann.headers["X-CSRF-Token"]}).status_code == 403
         assert ann.post(f"{base}/admin/settle/{item}", data={"decision": "accept",
                                                             "csrf": ann.headers["X-CSRF-Token"]}).status_code == 403
         assert ann.post(f"{base}/admin/curators", data={"name": "ann", "password": "x" * 10, "role": "admin",
