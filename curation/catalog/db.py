@@ -20,7 +20,9 @@ def engine_for(db_url: str) -> Engine:
         path = db_url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(db_url, connect_args={"timeout": 30})
+        # As many connections as the review app has worker threads (40), so twenty curators' requests
+        # never queue for a connection (SQLite connections are cheap; writers still take turns).
+        engine = create_engine(db_url, connect_args={"timeout": 30}, pool_size=20, max_overflow=20)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
