@@ -22,7 +22,8 @@ def engine_for(db_url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # As many connections as the review app has worker threads (40), so twenty curators' requests
         # never queue for a connection (SQLite connections are cheap; writers still take turns).
-        pool = {"pool_size": 20, "max_overflow": 20} if path and path != ":memory:" else {}
+        in_memory = "///" not in db_url or path in ("", ":memory:")
+        pool = {} if in_memory else {"pool_size": 20, "max_overflow": 20}
         engine = create_engine(db_url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
