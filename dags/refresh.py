@@ -24,7 +24,7 @@ _schedule = Settings.from_env().refresh_schedule
     catchup=False,
     tags=["image2song"],
     params={
-        "max_pages": Param(None, type=["null", "integer"], minimum=1, description="list pages to walk (all when empty)"),
+        "max_pages": Param(None, type=["null", "integer"], minimum=1, description="list pages to walk at most (2000 when empty)"),
         "test_songs": Param(100, type="integer", minimum=1, description="split A: songs held out for test"),
     },
     doc_md=__doc__,

@@ -48,6 +48,28 @@ def airflow_command(settings: Settings, args: list[str], *, check: bool = True, 
                           check=check, text=True, capture_output=capture)
 
 
+# Airflow pools the DAGs use: a task in a pool that does not exist never starts.
+POOLS = {"accelerator": (1, "image tagging on the GPU (or all CPU cores): one tagging job at a time")}
+
+_ENSURE_POOLS = """
+import json, sys
+from airflow.models.pool import Pool
+for name, (slots, description) in json.loads(sys.argv[1]).items():
+    if Pool.get_pool(name) is None:
+        Pool.create_or_update_pool(name, slots, description, include_deferred=False)
+        print(f"created Airflow pool {name} ({slots} slot(s))")
+"""
+
+
+def ensure_pools(settings: Settings, pools: dict[str, tuple[int, str]] | None = None) -> None:
+    """Create the pools the DAGs need when missing (after ``airflow db migrate``); slots changed by an
+    operator (``airflow pools set accelerator 2 …``) are left as they are."""
+    import json
+
+    subprocess.run([sys.executable, "-c", _ENSURE_POOLS, json.dumps(pools or POOLS)],
+                   env=airflow_environment(settings), check=True)
+
+
 def _restore_sigint() -> None:
     # A shell starting us in the background makes children ignore SIGINT; Airflow stops on SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
