@@ -61,8 +61,8 @@ def cmd_review(args, settings: Settings) -> int:
         if args.item is None or args.decision is None:
             raise ValueError("usage: image2song review decide ITEM DECISION [--text …]")
         text = sys.stdin.read() if args.decision == "edit" and args.text == "-" else args.text
-        _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text))
-    elif args.action in ("add-curator", "disable-curator", "curators"):
+        _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text, args.comment))
+    elif args.action in ("add-curator", "disable-curator", "curators", "end-sessions"):
         from curation.review import users
 
         if args.action == "curators":
@@ -70,7 +70,12 @@ def cmd_review(args, settings: Settings) -> int:
                 print(f"{user['name']:<24} {user['role']:<8} {'active' if user['active'] else 'disabled'}")
         elif args.action == "disable-curator":
             users.set_active(settings.db_url, _curator_name(args), False)
-            print(f"disabled {args.item}")
+            print(f"disabled {args.item}: their sessions ended and their claimed items went back to the queue")
+        elif args.action == "end-sessions":
+            from curation.review import sessions
+
+            ended = sessions.end_all(settings.db_url, _curator_name(args))
+            print(f"ended {ended} session(s) of {args.item} (a running server notices within seconds)")
         else:
             import getpass
 
@@ -95,9 +100,13 @@ def cmd_review(args, settings: Settings) -> int:
         if args.secret_file:
             secret = open(args.secret_file, encoding="utf-8").read().strip()
         stages.migrate(settings)
+        from curation.review.security import parse_networks
+
+        proxies = args.trusted_proxy if args.trusted_proxy is not None else settings.review_trusted_proxies
+        parse_networks(proxies)  # a typo fails here, before the server starts
         config = ReviewConfig(db_url=settings.db_url, object_store=settings.object_store, secret_key=secret,
                               lease_seconds=args.lease_seconds, secure_cookies=args.secure_cookies,
-                              on_rebuild=on_rebuild, rebuild_every=args.rebuild_every)
+                              on_rebuild=on_rebuild, rebuild_every=args.rebuild_every, trusted_proxies=proxies)
         print(f"review app on http://{args.host}:{args.port}/ (add accounts with `image2song review add-curator`)")
         serve(config, host=args.host, port=args.port)
     return 0
@@ -328,23 +337,31 @@ def build_parser() -> argparse.ArgumentParser:
             "`serve` starts the curators' web app on 127.0.0.1; `add-curator NAME` creates an account "
             "(`--role admin` for progress, agreement, audit log, export and snapshot rebuilds); `list` and "
             "`decide` work the queue from the terminal.")
-    p.add_argument("action", choices=["list", "decide", "serve", "add-curator", "disable-curator", "curators"])
-    p.add_argument("item", nargs="?", help="review item (decide) or curator name (add-curator, disable-curator)")
+    p.add_argument("action", choices=["list", "decide", "serve", "add-curator", "disable-curator", "curators",
+                                      "end-sessions"])
+    p.add_argument("item", nargs="?", help="review item (decide) or curator name (add-curator, disable-curator, "
+                   "end-sessions: log that curator out everywhere)")
     p.add_argument("decision", nargs="?", help="accept | edit | reject-non-english | reject-not-found | "
                    "reject-instrumental | reject-other")
     p.add_argument("--text", help="the corrected lyric for `edit` (- reads standard input)")
     p.add_argument("--curator", default="cli", help="who decides (recorded in the audit log)")
+    p.add_argument("--comment", help="decide: a note kept with the decision (audit log and export)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--role", choices=["curator", "admin"], default="curator", help="add-curator: the role")
-    p.add_argument("--replace", action="store_true", help="add-curator: set a new password/role for an existing one")
+    p.add_argument("--replace", action="store_true",
+                   help="add-curator: set a new password/role for an existing one (ends their sessions)")
     p.add_argument("--password-stdin", action="store_true", help="add-curator: read the password from standard input")
     p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8070, help="serve: port (default 8070)")
-    p.add_argument("--lease-seconds", type=int, default=600, help="serve: how long a claimed item stays yours")
+    p.add_argument("--lease-seconds", type=int, default=600, help="serve: how long a claimed item stays yours without the page open (an open page renews it)")
     p.add_argument("--airflow-url", help="serve: Airflow API server for snapshot rebuilds, e.g. http://127.0.0.1:8080")
     p.add_argument("--rebuild-every", type=int, help="serve: trigger a rebuild after this many new decisions")
     p.add_argument("--secret-file", help="serve: file holding the session signing key (default: random per start)")
     p.add_argument("--secure-cookies", action="store_true", help="serve: HTTPS-only cookies (behind a TLS proxy)")
+    p.add_argument("--trusted-proxy", metavar="ADDRESSES",
+                   help="serve: reverse proxies (comma-separated addresses or networks, e.g. 127.0.0.1) whose "
+                        "X-Forwarded-For names the client, for login throttling; default "
+                        "$IMAGE2SONG_REVIEW_TRUSTED_PROXIES, else none (the peer address counts)")
 
     p = add("snapshot", cmd_snapshot, "build, list, show, compare or verify versioned Parquet snapshots",
             "build: select approved posts after the recipe (default: the paper's protocol), check for leakage, "

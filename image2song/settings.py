@@ -25,6 +25,8 @@ IMAGE2SONG_RETENTION      how long snapshots are kept and how removal requests a
 IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags
 IMAGE2SONG_TAG_BACKEND    image tagger: "efficientnet-lite0" (packaged) or "faster-rcnn" (needs a checkpoint)
 IMAGE2SONG_TAG_CHECKPOINT the faster-rcnn backend's checkpoint (label map beside it as <checkpoint>.labels.json)
+IMAGE2SONG_REVIEW_TRUSTED_PROXIES  reverse proxies (addresses or networks, comma-separated) whose
+                          X-Forwarded-For the review app believes; default none
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Settings:
     tag_store: str = ""  # empty: <home>/tags
     tag_backend: str = "efficientnet-lite0"
     tag_checkpoint: str = ""
+    review_trusted_proxies: str = ""
 
     @property
     def user_agent(self) -> str | None:
@@ -115,6 +118,7 @@ class Settings:
             tag_store=env.get("IMAGE2SONG_TAG_STORE", str(home / "tags")),
             tag_backend=env.get("IMAGE2SONG_TAG_BACKEND", "efficientnet-lite0"),
             tag_checkpoint=env.get("IMAGE2SONG_TAG_CHECKPOINT", ""),
+            review_trusted_proxies=env.get("IMAGE2SONG_REVIEW_TRUSTED_PROXIES", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -129,6 +133,7 @@ class Settings:
             "maintainer": "IMAGE2SONG_MAINTAINER", "retention": "IMAGE2SONG_RETENTION",
             "seed": "IMAGE2SONG_SEED", "tag_store": "IMAGE2SONG_TAG_STORE",
             "tag_backend": "IMAGE2SONG_TAG_BACKEND", "tag_checkpoint": "IMAGE2SONG_TAG_CHECKPOINT",
+            "review_trusted_proxies": "IMAGE2SONG_REVIEW_TRUSTED_PROXIES",
         }
         def text(value) -> str:
             return ",".join(value) if isinstance(value, tuple) else str(value)
