@@ -118,8 +118,11 @@ def fetch_posts(client: PoliteClient, urls: list[str], validators: dict | None =
     """Fetch and parse post pages concurrently; yields (outcome, post or None) per URL. Nothing is
     recorded here: the caller writes each outcome together with its post (one transaction)."""
     validators = validators or {}
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         yield from pool.map(lambda u: _fetch_post(client, u, validators), urls)
+    finally:  # a caller that stops early (the site is down) does not wait for the rest to fail
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class HtmlSiteSource:

@@ -70,26 +70,34 @@ def outcome(url: str, status: str, *, kind: str = "post", http_status: int | Non
 
 def crawl_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, discover: bool = True,
                 max_pages: int | None = None, workers: int = 8, batch_size: int = 100,
-                progress: Callable[[int], None] | None = None) -> dict:
+                progress: Callable[[int], None] | None = None,
+                give_up: Callable[[int, int], bool] | None = None) -> dict:
     """Discover (unless ``discover=False``: a shard after the planning step), then fetch every pending
-    post URL of this state's shard; returns counts."""
+    post URL of this state's shard; returns counts (``failed``: URLs that errored, retried next run;
+    ``failures``: the first ten (url, reason)). ``give_up(failed, total)`` true: stop fetching (the
+    rest stay pending; ``given_up`` counts them)."""
     discovered = source.discover(client, state, max_pages=max_pages) if discover else 0
     urls = state.pending("post")
     validators = state.validators_many(urls) if urls else {}
-    new, outcomes, posts = 0, [], []
+    new, outcomes, posts, failures, done = 0, [], [], [], 0
     for result, post in source.fetch(client, urls, validators, workers=workers):
+        done += 1
         outcomes.append(result)
         if post is not None:
             posts.append(post)
         if result["status"] == "error":
             log.warning("post %s: %s", result["url"], result["error"])
+            failures.append((result["url"], result["error"]))
         if len(outcomes) >= batch_size:
             new += state.record_many(outcomes, posts)
             outcomes, posts = [], []
         if progress:
             progress(1)
+        if give_up and give_up(len(failures), len(urls)):
+            break
     new += state.record_many(outcomes, posts)
-    return {"discovered": discovered, "fetched": len(urls), "new_posts": new}
+    return {"discovered": discovered, "fetched": done, "new_posts": new, "attempted": done,
+            "failed": len(failures), "failures": failures[:10], "given_up": len(urls) - done}
 
 
 # --- JSON feed -----------------------------------------------------------------------------------

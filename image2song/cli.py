@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args, Settings.from_env())
+    except stages.StageFailed as error:  # what succeeded is stored; the failed records are tried next run
+        print(f"image2song: {error}", file=sys.stderr)
+        return 1
     except (LookupError, FileNotFoundError, ValueError) as error:
         print(f"image2song: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,9 @@ IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to r
 IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_ALERT_WEBHOOK  URL that failure and deadline alerts are POSTed to as JSON {"text": …}; default none
+IMAGE2SONG_FAILURE_THRESHOLDS  per-stage failure rates past which a stage (and its run) fails, e.g.
+                          "fetch_lyrics=0.05,fetch_images=0.1"; unnamed stages keep their defaults
 """
 
 from __future__ import annotations
@@ -25,6 +28,30 @@ DEMO_SITE_PORT = 8765
 DEMO_LYRICS_PORT = 8766
 
 
+# The share of a stage's records that may fail (they are retried next run) before the stage fails the
+# run: post pages and lyric requests fail only when a service is down; image hosts fail more often.
+DEFAULT_FAILURE_THRESHOLDS = {"crawl_posts": 0.05, "fetch_images": 0.10, "fetch_lyrics": 0.05}
+
+
+def parse_thresholds(text: str) -> dict[str, float]:
+    """ "stage=rate,stage=rate" over the defaults; a clear error for anything else."""
+    thresholds = dict(DEFAULT_FAILURE_THRESHOLDS)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        stage, _, rate = item.partition("=")
+        stage = stage.strip()
+        if stage not in DEFAULT_FAILURE_THRESHOLDS:
+            raise ValueError(f"IMAGE2SONG_FAILURE_THRESHOLDS: unknown stage {stage!r} "
+                             f"(stages: {', '.join(DEFAULT_FAILURE_THRESHOLDS)})")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"IMAGE2SONG_FAILURE_THRESHOLDS: {item!r}: the rate must be a number from 0 to 1")
+        thresholds[stage] = value
+    return thresholds
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -36,6 +63,11 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    failure_thresholds: str = ""
+    alert_webhook: str = ""
+
+    def failure_threshold(self, stage: str) -> float:
+        return parse_thresholds(self.failure_thresholds)[stage]
 
     @property
     def snapshots(self) -> Path:
@@ -60,6 +92,7 @@ class Settings:
         # In a source checkout the state folder sits beside airflow.cfg, wherever the command runs.
         default_home = PROJECT_ROOT / "state" if (PROJECT_ROOT / "airflow.cfg").exists() else Path("state")
         home = Path(env.get("IMAGE2SONG_HOME", default_home)).expanduser().resolve()
+        parse_thresholds(env.get("IMAGE2SONG_FAILURE_THRESHOLDS", ""))  # a typo fails here, not mid-run
         return cls(
             home=home,
             db_url=env.get("IMAGE2SONG_DB_URL", f"sqlite:///{home / 'catalog.sqlite'}"),
@@ -73,6 +106,8 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            failure_thresholds=env.get("IMAGE2SONG_FAILURE_THRESHOLDS", ""),
+            alert_webhook=env.get("IMAGE2SONG_ALERT_WEBHOOK", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -82,6 +117,7 @@ class Settings:
             "object_store": "IMAGE2SONG_OBJECT_STORE", "site_url": "IMAGE2SONG_SITE_URL",
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "user_agent": "IMAGE2SONG_USER_AGENT",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED",
+            "seed": "IMAGE2SONG_SEED", "failure_thresholds": "IMAGE2SONG_FAILURE_THRESHOLDS",
+            "alert_webhook": "IMAGE2SONG_ALERT_WEBHOOK",
         }
         return {names[f.name]: str(getattr(self, f.name)) for f in fields(self)}
