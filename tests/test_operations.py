@@ -218,3 +218,51 @@ def test_reconcile_removes_orphan_blobs_and_requeues_missing_ones(db_url, tmp_pa
         pending = session.scalars(select(Image.url).where(Image.status == "pending")).all()
     assert len(pending) == 1  # the image whose blob vanished is fetched again next run
     assert reconcile_objects(db_url, store)["removed_orphans"] == 0
+
+
+CHILD = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_services_restart_what_dies_and_stop_every_child(tmp_path):
+    """The supervisor behind `image2song airflow ui` and `cluster`, with stand-in components that start
+    children of their own (as the scheduler starts executor workers)."""
+    import sys
+    import time
+
+    import psutil
+
+    from image2song.airflow_env import AirflowServices
+
+    said = []
+    services = AirflowServices(Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)}), port=1, say=said.append)
+    services.commands = {"scheduler": [sys.executable, "-c", CHILD], "triggerer": [sys.executable, "-c", CHILD]}
+    services.spawn_all()
+    try:
+        def family(name):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait until the component has started its child
+                parent = psutil.Process(services.processes[name].pid)
+                if parent.children():
+                    return [parent.pid] + [c.pid for c in parent.children()]
+                time.sleep(0.2)
+            raise AssertionError(f"{name} started no child")
+
+        old = family("scheduler")
+        services.kill("scheduler")
+        assert services.check() == ["scheduler"]
+        assert "scheduler exited" in said[-1] and "restarting" in said[-1]
+        assert not any(_alive(pid) for pid in old), "the dead scheduler's children must go too"
+        everything = family("scheduler") + family("triggerer")
+        assert services.check() == []
+    finally:
+        services.stop(timeout=10)
+    assert not any(_alive(pid) for pid in everything)
