@@ -231,8 +231,11 @@ def _airflow_cluster(argv: list[str], settings: Settings) -> int:
         "(postgresql+psycopg://…) and IMAGE2SONG_AIRFLOW_ADMIN_PASSWORD; the catalog (IMAGE2SONG_DB_URL) "
         "and the object store should be shared too (see README, Operations).")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers to start here (default 2; 0: none)")
-    parser.add_argument("--queues", default="default,gpu", help="queues the workers take (default default,gpu; "
-                        "GPU hosts: gpu)")
+    from image2song.safeguards import GPU_QUEUE
+
+    queues = f"{os.environ.get('AIRFLOW__OPERATORS__DEFAULT_QUEUE', 'default')},{GPU_QUEUE}"
+    parser.add_argument("--queues", default=queues, help=f"queues the workers take (default {queues}; "
+                        f"GPU hosts: {GPU_QUEUE})")
     parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker (default 2)")
     parser.add_argument("--broker", default=os.environ.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0"),
                         help="Celery broker (default AIRFLOW__CELERY__BROKER_URL or redis://127.0.0.1:6379/0)")

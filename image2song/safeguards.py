@@ -12,7 +12,7 @@ ACCELERATOR_POOL = "accelerator"
 HEAVY_CPU_POOL = "heavy_cpu"
 # Celery workers on GPU hosts listen on this queue (`image2song airflow cluster --queues gpu`); the
 # LocalExecutor ignores queues.
-GPU_QUEUE = "gpu"
+GPU_QUEUE = os.environ.get("IMAGE2SONG_GPU_QUEUE", "gpu")
 
 
 def pools() -> dict[str, tuple[int, str]]:
