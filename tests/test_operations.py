@@ -266,3 +266,50 @@ def test_services_restart_what_dies_and_stop_every_child(tmp_path):
     finally:
         services.stop(timeout=10)
     assert not any(_alive(pid) for pid in everything)
+
+
+def test_failure_callback_logs_records_and_posts_the_alert(tmp_path, caplog, monkeypatch):
+    import asyncio
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from curation.alerts import recent_alerts
+    from image2song import alerts
+
+    posted = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"IMAGE2SONG_HOME": str(tmp_path), "IMAGE2SONG_ALERT_WEBHOOK": f"http://127.0.0.1:{server.server_address[1]}/"}
+    settings = Settings.from_env(env)
+    stages.migrate(settings)
+    for key, value in env.items():  # the callbacks read the settings as a task does: from the environment
+        monkeypatch.setenv(key, value)
+    try:
+        ti = SimpleNamespace(dag_id="refresh", task_id="fetch_lyrics", run_id="manual__1", map_index=-1, try_number=4)
+        error = stages.StageFailed("fetch_lyrics", "fetch_lyrics: lyric API unreachable: 61 of 470 songs failed", {})
+        alerts.task_failed({"ti": ti, "exception": error})
+        asyncio.run(alerts.deadline_missed(context={"dag_run": {"dag_id": "train", "dag_run_id": "asset__2",
+                                                                "state": "running"},
+                                                    "deadline": {"deadline_time": "2026-12-03T12:00:00Z"}}))
+    finally:
+        server.shutdown()
+    failed, late = reversed(recent_alerts(settings.db_url))
+    assert (failed["kind"], failed["dag_id"], failed["task_id"], failed["try_number"]) == \
+        ("task_failed", "refresh", "fetch_lyrics", 4)
+    assert "refresh.fetch_lyrics failed for good after 4 tries" in failed["message"]
+    assert "lyric API unreachable: 61 of 470 songs failed" in failed["message"]
+    assert (late["kind"], late["dag_id"], late["run_id"]) == ("deadline_missed", "train", "asset__2")
+    assert [p["text"] for p in posted] == [failed["message"], late["message"]]
+    assert "failed for good" in caplog.text
