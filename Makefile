@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := fortunes fortunes-min fortunes-de fortunes-es fortunes-it tuxpaint-stamps-default chromium chromium-driver
+DEBIAN_PACKAGES := fortunes fortunes-min fortunes-de fortunes-es fortunes-it tuxpaint-stamps-default bible-kjv bible-kjv-text wordnet-base chromium chromium-driver
 
 .PHONY: demo test test-fast scaleout-test setup debian-packages ui clean lock
 

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-from crawlers.http import Disallowed, FetchError, PoliteClient
+from crawlers.http import Disallowed, FetchError, PoliteClient, Refused, RobotsUnavailable
 from crawlers.images import BadImage, ImageOptions, validate_image
 from crawlers.sources import read_local
 
@@ -66,12 +66,13 @@ class ImageResult:
 
 
 def process_one(client: PoliteClient, store: BlobStore, options: ImageOptions, image_id: int,
-                url: str) -> ImageResult:
-    """Fetch, validate and store one image; never raises for a bad image or a failed fetch."""
+                url: str, local_roots: tuple = ()) -> ImageResult:
+    """Fetch, validate and store one image; never raises for a bad image or a failed fetch. A file://
+    URL is read only from ``local_roots`` (the folders of imported files), never from anywhere else."""
     try:
-        if url.startswith("file://"):  # a file import's local image
+        if url.startswith("file:"):  # a file import's local image
             try:
-                data, declared, http_status = read_local(url, options.max_bytes), None, None
+                data, declared, http_status = read_local(url, options.max_bytes, local_roots), None, None
             except OSError as error:
                 return ImageResult(image_id, url, "rejected", f"{type(error).__name__}: {error}")
         else:
@@ -89,12 +90,19 @@ def process_one(client: PoliteClient, store: BlobStore, options: ImageOptions, i
                            image.width, image.height, len(image.data), image.content_type, key)
     except Disallowed:
         return ImageResult(image_id, url, "disallowed", "robots.txt disallows this URL")
+    except RobotsUnavailable as error:  # no verdict: the image stays pending, asked again later
+        return ImageResult(image_id, url, "deferred", str(error))
+    except Refused as error:
+        return ImageResult(image_id, url, "rejected", f"Refused: {error}")
     except BadImage as error:
         return ImageResult(image_id, url, "rejected", f"BadImage: {error}")
     except FetchError as error:
         permanent = "exceeds the cap" in str(error) or "redirect" in str(error)
         return ImageResult(image_id, url, "rejected" if permanent else "error", f"FetchError: {error}",
                            error.status)
+    except Exception as error:  # noqa: BLE001 - one image nobody expected must not stop the stage
+        log.exception("image %s", url[:200])
+        return ImageResult(image_id, url, "error", f"unexpected {type(error).__name__}: {error}")
 
 
 class NearDuplicateIndex:
@@ -145,13 +153,16 @@ class _Collector:
         self.batch_size, self.flush_seconds, self.progress = batch_size, flush_seconds, progress
         self.pending: list[ImageResult] = []
         self.last_flush = time.monotonic()
-        self.counts = {"stored": 0, "duplicate": 0, "error": 0, "rejected": 0, "disallowed": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "error": 0, "rejected": 0, "disallowed": 0, "deferred": 0}
+        self.failures: list[tuple[str, str]] = []  # the first few (url, reason), for the stage's report
 
     def take(self, results: Iterable[ImageResult]) -> None:
         for result in results:
             if result.status == "stored":
                 self._dedupe(result)
             self.counts[result.status] += 1
+            if result.status in ("error", "rejected") and len(self.failures) < 10:
+                self.failures.append((result.url, result.error or result.status))
             self.pending.append(result)
             if self.progress:
                 self.progress(1)
@@ -181,14 +192,16 @@ def fetch_images(tasks: list[tuple[int, str]], *, client: PoliteClient, store_fa
                  near_duplicate_bits: int | None = 2, known: Iterable[tuple[int, str, str, str | None]] = (),
                  discard: Callable[[str], None] | None = None, processes: int | None = None,
                  threads: int = 32, batch_size: int = 500, flush_seconds: float = 2.0,
-                 progress: Callable[[int], None] | None = None) -> dict[str, int]:
+                 progress: Callable[[int], None] | None = None, local_roots: Iterable = ()) -> dict:
     """Fetch ``tasks`` ((image id, url) pairs) and hand ImageResults to ``sink`` in batches.
 
     ``known``: (image id, phash, sha256, content type) of images already kept, for near-duplicates.
     ``store_factory``: builds the blob store (called once per worker process; it must pickle).
     ``processes``: worker processes (None: one per core for large jobs, none for small ones; 0: threads
-    in this process). A client with a minimum delay always runs in this process, so that its pacing
-    is shared. Returns counts per status."""
+    in this process). Worker processes rebuild the client, its pacer included: a shared pacer keeps
+    one pace per host across them; a client with a process-local pacer and a minimum delay runs in
+    this process instead. ``local_roots``: folders file:// images may be read from (file imports).
+    Returns counts per status, ``attempted`` and ``failures`` (the first ten (url, reason))."""
     options = options or ImageOptions()
     index = NearDuplicateIndex(near_duplicate_bits)
     for image_id, phash, sha256, content_type in known:
@@ -197,20 +210,35 @@ def fetch_images(tasks: list[tuple[int, str]], *, client: PoliteClient, store_fa
     collector = _Collector(sink, index, discard, batch_size, flush_seconds, progress)
     if processes is None:
         processes = (os.cpu_count() or 1) if len(tasks) >= 1000 else 0
-    if client.min_delay > 0 or processes <= 1 or len(tasks) < 2 * processes:
-        _run_threads(tasks, client, store_factory(), options, threads, collector)
+    local_roots = tuple(str(root) for root in local_roots)
+    if (client.min_delay > 0 and not client.pacer.shared) or processes <= 1 or len(tasks) < 2 * processes:
+        _run_threads(tasks, client, store_factory(), options, threads, collector, local_roots)
     else:
-        _run_processes(tasks, client, store_factory, options, threads, processes, collector)
+        _run_processes(tasks, client, store_factory, options, threads, processes, collector, local_roots)
     collector.flush()
     log.info("images: %s", collector.counts)
-    return collector.counts
+    return {**collector.counts, "attempted": sum(collector.counts.values()) - collector.counts["deferred"],
+            "failures": collector.failures}
 
 
-def _run_threads(tasks, client, store, options, threads, collector) -> None:
+def _run_threads(tasks, client, store, options, threads, collector, local_roots) -> None:
+    """Results are taken as they complete (not in order): a slow image holds back no other's record."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     with ThreadPoolExecutor(threads) as pool:
-        futures = pool.map(lambda task: process_one(client, store, options, *task), tasks)
-        for result in futures:
-            collector.take([result])
+        running, queued = set(), iter(tasks)
+        for task in queued:  # at most a few per thread queued at once, so memory stays flat
+            running.add(pool.submit(process_one, client, store, options, *task, local_roots))
+            if len(running) >= threads * 4:
+                break
+        while running:
+            done, running = wait(running, timeout=collector.flush_seconds, return_when=FIRST_COMPLETED)
+            collector.take([future.result() for future in done])
+            for task in queued:
+                running.add(pool.submit(process_one, client, store, options, *task, local_roots))
+                if len(running) >= threads * 4:
+                    break
+
 
 
 @contextmanager
@@ -227,13 +255,14 @@ def _main_script_hidden():
         main.__dict__.update(saved)
 
 
-def _run_processes(tasks, client, store_factory, options, threads, processes, collector) -> None:
+def _run_processes(tasks, client, store_factory, options, threads, processes, collector, local_roots) -> None:
     context = multiprocessing.get_context("spawn")  # no fork of a parent that holds threads and connections
     task_queue, result_queue = context.Queue(maxsize=processes * 8), context.Queue()
     config = client.config()
     config["per_host"] = max(1, client.per_host // processes)  # the host's budget, shared out
     workers = [context.Process(target=_worker, daemon=True, args=(
-        task_queue, result_queue, config, options, store_factory, threads, os.getpid())) for _ in range(processes)]
+        task_queue, result_queue, config, options, store_factory, threads, os.getpid(), local_roots))
+        for _ in range(processes)]
     with _main_script_hidden():
         for worker in workers:
             worker.start()
@@ -267,7 +296,7 @@ def _run_processes(tasks, client, store_factory, options, threads, processes, co
                 worker.terminate()
 
 
-def _worker(task_queue, result_queue, config, options, store_factory, threads, parent_pid) -> None:
+def _worker(task_queue, result_queue, config, options, store_factory, threads, parent_pid, local_roots) -> None:
     client, store = PoliteClient(**config), store_factory()
     out: list[dict] = []
     out_lock = threading.Lock()
@@ -275,7 +304,7 @@ def _worker(task_queue, result_queue, config, options, store_factory, threads, p
 
     def run():
         while (task := local.get()) is not None:
-            row = process_one(client, store, options, *task).__dict__
+            row = process_one(client, store, options, *task, local_roots).__dict__
             with out_lock:
                 out.append(row)
 

@@ -2,6 +2,11 @@
 header, before any pixel is decoded), a full Pillow decode (a broken or truncated file fails), EXIF
 orientation, an optional resize for storage, the sha256 of the stored bytes and a perceptual hash.
 
+Memory is bounded by a **pixel budget** shared by the decodes in flight in a process (``decode_budget``
+pixels, 40 M by default: about 350 MB at the worst, an RGBA PNG with its RGB copy and hashes): a decode
+waits until its pixels fit, and one image larger than the budget takes it whole. Decompression-heavy
+files (a 150 KB PNG of 40 Mpx) therefore cost one image's memory at a time, not one per thread.
+
 JPEGs are decoded through ``Image.draft`` at the smallest scale that still serves the purpose (the
 libjpeg decoder reads every entropy-coded block at any scale, so a damaged file is still caught): the
 perceptual hash needs 64 pixels on the short side, a resize to 256 needs 256. That keeps the CPU cost per image low.
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +45,24 @@ _DCT = np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(_N)[None, :] + 1) /
 Image.MAX_IMAGE_PIXELS = None  # our own guard below runs on the header, with a clear message
 
 
+def _return_large_buffers_to_the_os() -> None:
+    """glibc raises its mmap threshold after the first large buffer is freed, and from then on keeps
+    freed image buffers in each thread's arena: the pixel budget would bound the decodes in flight but
+    not the memory held. A fixed threshold (glibc's initial 128 KiB) hands every large buffer back to
+    the OS when it is freed. Nothing happens on other C libraries."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_return_large_buffers_to_the_os()
+
+
 class BadImage(ValueError):
     """The bytes are not an image we accept; the message says why."""
 
@@ -51,6 +76,38 @@ class ImageOptions:
     quality: int = 90
     max_pixels: int = MAX_PIXELS
     max_bytes: int = 20 * 1024 * 1024
+    decode_budget: int = MAX_PIXELS  # pixels decoded at once in this process, all threads together
+
+
+class PixelBudget:
+    """Pixels being decoded at once in this process: a decode waits until its share fits."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = max(1, min(pixels, self.capacity))
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + pixels <= self.capacity)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_budgets: dict[int, PixelBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def pixel_budget(capacity: int) -> PixelBudget:
+    """The process's budget of that size (one per size, shared by every thread)."""
+    with _budgets_lock:
+        return _budgets.setdefault(capacity, PixelBudget(capacity))
 
 
 @dataclass(frozen=True)
@@ -115,30 +172,37 @@ def validate_image(data: bytes, *, declared_type: str | None = None, url: str = 
                 else:
                     with Image.open(io.BytesIO(data), formats=[FORMATS[kind]]) as probe:
                         probe.verify()  # PNG: chunk CRCs
-                image.load()  # a full decode: broken or truncated data fails here
-                decoded = image if image.mode in ("RGB", "L") else image.convert("RGB")
-                if orientation in ORIENTATION:
-                    decoded = decoded.transpose(ORIENTATION[orientation])
-                    if orientation >= 5:
-                        width, height = height, width
-                source_sha = hashlib.sha256(data).hexdigest()
-                if options.resize and max(width, height) > options.resize:
-                    decoded = decoded.convert("RGB")
-                    scale = options.resize / max(width, height)
-                    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-                    decoded = decoded.resize(size, Image.Resampling.BOX)  # area averaging, as cv2's INTER_AREA
-                    out = io.BytesIO()
-                    decoded.save(out, "JPEG", quality=options.quality)
-                    stored = out.getvalue()
-                    return FetchedImage(url, stored, hashlib.sha256(stored).hexdigest(), phash(decoded),
-                                        size[0], size[1], "image/jpeg", source_sha)
-                return FetchedImage(url, data, source_sha, phash(decoded), width, height, kind)
+                with pixel_budget(options.decode_budget).hold(image.size[0] * image.size[1]):
+                    return _decode(image, data, kind, width, height, orientation, url, options)
     except BadImage:
         raise
     except Image.DecompressionBombError as error:
         raise BadImage(f"decompression bomb: {error}") from error
     except Exception as error:  # Pillow raises many types for broken files
         raise BadImage(f"broken image: {type(error).__name__}: {error}") from error
+
+
+def _decode(image, data: bytes, kind: str, width: int, height: int, orientation: int, url: str,
+            options: ImageOptions) -> FetchedImage:
+    """The full decode (within the pixel budget), orientation, optional resize, hashes."""
+    image.load()  # a full decode: broken or truncated data fails here
+    decoded = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    if orientation in ORIENTATION:
+        decoded = decoded.transpose(ORIENTATION[orientation])
+        if orientation >= 5:
+            width, height = height, width
+    source_sha = hashlib.sha256(data).hexdigest()
+    if options.resize and max(width, height) > options.resize:
+        decoded = decoded.convert("RGB")
+        scale = options.resize / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        decoded = decoded.resize(size, Image.Resampling.BOX)  # area averaging, as cv2's INTER_AREA
+        out = io.BytesIO()
+        decoded.save(out, "JPEG", quality=options.quality)
+        stored = out.getvalue()
+        return FetchedImage(url, stored, hashlib.sha256(stored).hexdigest(), phash(decoded),
+                            size[0], size[1], "image/jpeg", source_sha)
+    return FetchedImage(url, data, source_sha, phash(decoded), width, height, kind)
 
 
 def fetch_image(client: PoliteClient, url: str, options: ImageOptions | None = None) -> FetchedImage:

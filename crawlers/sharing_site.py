@@ -1,18 +1,18 @@
 """The sharing-site source: list pages with pagination → post pages → post fields (BeautifulSoup).
 
-A post page that does not parse (the layout changed) is recorded with its error; the crawl goes on."""
+A post page that does not parse (the layout changed, two posts where one should be) is recorded with its
+error; the crawl goes on."""
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 from urllib.parse import urljoin
 
 from bs4 import BeautifulSoup
 
-from crawlers.http import Disallowed, FetchError, PoliteClient
-from crawlers.sources import ParseError, PostRecord, outcome
+from crawlers.http import Disallowed, FetchError, PoliteClient, RobotsUnavailable
+from crawlers.sources import MAX_CHARS, ParseError, PostRecord, checked_post, list_walk, outcome
 from crawlers.state import CrawlState
 
 log = logging.getLogger(__name__)
@@ -29,75 +29,61 @@ def parse_list_page(html: str, page_url: str) -> tuple[list[str], str | None]:
     return links, urljoin(page_url, next_link["href"]) if next_link else None
 
 
-def _text(article, selector: str, *, required: bool, url: str) -> str | None:
+def _text(article, selector: str) -> str | None:
     node = article.select_one(selector)
-    if node is None or not node.get_text(strip=True):
-        if required:
-            raise ParseError(f"{url}: no {selector} on the post page (has the layout changed?)")
-        return None
-    return node.get_text(strip=True)
-
-
-def _int(value: str | None, field: str, url: str) -> int | None:
-    if value is None:
-        return None
-    digits = value.replace(",", "").strip()
-    if not digits.isdigit():
-        raise ParseError(f"{url}: {field} {value!r} is not a whole number")
-    return int(digits)
+    return node.get_text(strip=True) if node is not None else None
 
 
 def parse_post_page(html: str, url: str) -> PostRecord:
+    """The post on a post page. Exactly one ``article.post`` must be there (a decoy beside the post is
+    an error, not a coin toss); every field goes through ``checked_post``."""
     soup = BeautifulSoup(html, "html.parser")
-    article = soup.select_one("article.post[data-post-id]")
-    if article is None:
+    articles = soup.select("article.post")
+    if not articles:
+        raise ParseError(f"{url}: no article.post[data-post-id] (has the layout changed?)")
+    if len(articles) > 1:
+        raise ParseError(f"{url}: {len(articles)} article.post elements where one post should be")
+    article = articles[0]
+    if not article.get("data-post-id"):
         raise ParseError(f"{url}: no article.post[data-post-id] (has the layout changed?)")
     image = article.select_one("img.post-image[src]")
     if image is None:
         raise ParseError(f"{url}: the post has no img.post-image")
-    return PostRecord(
-        external_id=article["data-post-id"],
-        url=url,
-        image_url=urljoin(url, image["src"]),
-        title=_text(article, ".song-title", required=True, url=url),
-        artist=_text(article, ".song-artist", required=True, url=url),
-        album=_text(article, ".song-album", required=False, url=url),
-        duration=_int(_text(article, ".song-duration", required=False, url=url), "duration", url),
-        mood=_text(article, ".mood", required=False, url=url),
-        favorite_count=_int(_text(article, ".favorites", required=False, url=url), "favorites", url) or 0,
-    )
+    for selector in (".song-title", ".song-artist"):
+        if not _text(article, selector):
+            raise ParseError(f"{url}: no {selector} on the post page (has the layout changed?)")
+    posted = article.select_one("time.posted[datetime]")
+    return checked_post(
+        where=url, external_id=article["data-post-id"], url=url, image_url=urljoin(url, image["src"].strip()),
+        title=_text(article, ".song-title"), artist=_text(article, ".song-artist"),
+        album=_text(article, ".song-album"), duration=_text(article, ".song-duration"),
+        mood=_text(article, ".mood"), favorites=_text(article, ".favorites"),
+        posted_at=posted["datetime"].strip() if posted is not None else None)
 
 
-def discover(client: PoliteClient, state: CrawlState, start_url: str, *, max_pages: int | None = None) -> int:
-    """Walk the list pages from ``start_url`` and put every post URL on the frontier.
+def walk(client: PoliteClient, state: CrawlState, start_url: str, *, max_pages: int | None = None,
+         max_depth: int | None = None) -> Iterator[tuple[list[str], int]]:
+    """Walk the list pages from ``start_url`` (bounded: see ``crawlers.sources.list_walk``) and put every
+    post URL on the frontier; yields the new ones page by page, so that they are fetched at once.
 
-    List pages are always re-read (they change as new posts arrive); returns how many post URLs were new.
-    """
-    new, url, pages = 0, start_url, 0
-    while url and (max_pages is None or pages < max_pages):
-        try:
-            response = client.get(url)
-            if response.status >= 400:
-                raise FetchError(url, f"HTTP {response.status}", response.status)
-            links, next_url = parse_list_page(response.text, url)
-        except Disallowed:
-            state.record(url, "disallowed")
-            break
-        except (FetchError, ParseError) as error:
-            state.record(url, "error", error=str(error))
-            if pages == 0:  # not even the first page: the site is down or has changed
-                raise
-            log.warning("list page failed, the walk stops here: %s", error)
-            break
-        new += state.add("post", links)
-        pages += 1
-        url = next_url
-    log.info("walked %d list pages, %d new post URLs", pages, new)
-    return new
+    List pages are always re-read (they change as new posts arrive)."""
+    def read(url):
+        response = client.get(url)
+        if response.status >= 400:
+            raise FetchError(url, f"HTTP {response.status}", response.status)
+        links, next_url = parse_list_page(response.text, url)
+        return links, [next_url] if next_url else []
+
+    for _, links in list_walk(start_url, read, state, max_pages=max_pages, max_depth=max_depth):
+        fit = [link for link in links if len(link) <= MAX_CHARS["url"]]
+        if len(fit) < len(links):
+            log.warning("%d post links longer than %d characters skipped", len(links) - len(fit), MAX_CHARS["url"])
+        yield state.add("post", fit), 0
 
 
-def _fetch_post(client: PoliteClient, url: str, validators) -> tuple[dict, PostRecord | None]:
-    etag, modified = validators.get(url, (None, None))
+def fetch_post(client: PoliteClient, url: str, validators=(None, None)) -> tuple[dict, PostRecord | None]:
+    """Fetch and parse one post page: (outcome, post or None); never raises for a bad page."""
+    etag, modified = validators
     try:
         response = client.get(url, etag=etag, last_modified=modified)
         if response.not_modified:
@@ -106,23 +92,16 @@ def _fetch_post(client: PoliteClient, url: str, validators) -> tuple[dict, PostR
             raise FetchError(url, f"HTTP {response.status}", response.status)
         post = parse_post_page(response.text, url)
         return outcome(url, "done", http_status=response.status, etag=response.headers.get("etag"),
-                       last_modified=response.headers.get("last-modified")), post
+                       last_modified=response.headers.get("last-modified"), error=post.notes), post
     except Disallowed:
         return outcome(url, "disallowed"), None
+    except RobotsUnavailable as error:  # no verdict on the URL: it stays pending
+        return outcome(url, "deferred", error=str(error)), None
     except (FetchError, ParseError) as error:  # recorded with its error; the crawl goes on
         return outcome(url, "error", http_status=getattr(error, "status", None), error=str(error)), None
-
-
-def fetch_posts(client: PoliteClient, urls: list[str], validators: dict | None = None, *,
-                workers: int = 8) -> Iterator[tuple[dict, PostRecord | None]]:
-    """Fetch and parse post pages concurrently; yields (outcome, post or None) per URL. Nothing is
-    recorded here: the caller writes each outcome together with its post (one transaction)."""
-    validators = validators or {}
-    pool = ThreadPoolExecutor(workers)
-    try:
-        yield from pool.map(lambda u: _fetch_post(client, u, validators), urls)
-    finally:  # a caller that stops early (the site is down) does not wait for the rest to fail
-        pool.shutdown(wait=True, cancel_futures=True)
+    except Exception as error:  # noqa: BLE001 - a page no parser expected must not stop the crawl
+        log.exception("post page %s", url[:200])
+        return outcome(url, "error", error=f"unexpected {type(error).__name__}: {error}"), None
 
 
 class HtmlSiteSource:
@@ -134,8 +113,9 @@ class HtmlSiteSource:
         self.base_url = site_url
         self.start_url = site_url.rstrip("/") + start_path
 
-    def discover(self, client: PoliteClient, state: CrawlState, *, max_pages: int | None = None) -> int:
-        return discover(client, state, self.start_url, max_pages=max_pages)
+    def walk(self, client: PoliteClient, state: CrawlState, *, max_pages: int | None = None,
+             max_depth: int | None = None) -> Iterator[tuple[list[str], int]]:
+        return walk(client, state, self.start_url, max_pages=max_pages, max_depth=max_depth)
 
-    def fetch(self, client, urls, validators, *, workers=8):
-        return fetch_posts(client, urls, validators, workers=workers)
+    def fetch_one(self, client, url, validators=(None, None)):
+        return fetch_post(client, url, validators)

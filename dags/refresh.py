@@ -34,7 +34,7 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
     deadline=run_deadline(hours(6)),
     tags=["image2song"],
     params={
-        "max_pages": Param(None, type=["null", "integer"], minimum=1, description="list pages to walk (all when empty)"),
+        "max_pages": Param(None, type=["null", "integer"], minimum=1, description="list pages to walk at most (2000 when empty)"),
         "test_songs": Param(100, type="integer", minimum=1, description="split A: songs held out for test"),
     },
     doc_md=__doc__,

@@ -1,5 +1,5 @@
-"""train: on a new snapshot (or triggered with params): extract tags → train per split → evaluate
-→ report (emits the model Asset).
+"""train: on a new snapshot (or triggered with params): extract tags (in the `accelerator` pool; images
+already in the tag store are not tagged again) → train per split → evaluate → report (emits the model Asset).
 
 Wiring only: each task calls one stage of image2song.stages; heavy imports happen inside the stages.
 """
@@ -32,6 +32,10 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
         "splits": Param(["a", "b"], type="array", items={"enum": ["a", "b"]}, minItems=1),
         "epochs": Param(5, type="integer", minimum=1, maximum=500),
         "attention": Param(False, type="boolean", description="the paper's tag attention"),
+        "tag_vocabulary": Param("obj+attr", enum=["obj", "attr", "obj+attr", "imagenet"],
+                                description="image tags the model sees (the paper's Table 2: obj, attr, obj+attr)"),
+        "device": Param("auto", type="string", pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="where images are tagged: auto (a GPU when present), cpu, cuda or cuda:N"),
     },
     doc_md=__doc__,
 )
@@ -45,8 +49,9 @@ def train():
         return stages.resolve_snapshot(Settings.from_env(), params["snapshot"])
 
     @task(**task_args(**LOCAL, timeout=hours(4), pool=ACCELERATOR_POOL, queue=GPU_QUEUE))
-    def extract_tags(snapshot: str) -> dict:
-        return stages.extract_tags(Settings.from_env(), snapshot)
+    def extract_tags(snapshot: str, params: dict | None = None) -> dict:
+        return stages.extract_tags(Settings.from_env(), snapshot, vocabulary=params["tag_vocabulary"],
+                                   device=params["device"])
 
     @task(**task_args(**LOCAL, timeout=minutes(10)))
     def splits(params: dict | None = None) -> list[str]:

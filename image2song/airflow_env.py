@@ -77,22 +77,29 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
+_ENSURE_POOLS = """
+import json, sys
+from airflow.models.pool import Pool
+for name, (slots, description) in json.loads(sys.argv[1]).items():
+    if Pool.get_pool(name) is None:
+        Pool.create_or_update_pool(name, slots, description, include_deferred=False)
+        print(f"created Airflow pool {name} ({slots} slot(s))")
+"""
+
+
 def _restore_sigint() -> None:
     # A shell starting us in the background makes children ignore SIGINT; Airflow stops on SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def ensure_pools(settings: Settings, env: dict[str, str] | None = None) -> dict[str, int]:
-    """Create (or resize) the pools our DAGs use, before a scheduler runs: a task in a pool that does
-    not exist is never scheduled. One `airflow pools import` for all of them."""
+def ensure_pools(settings: Settings, env: dict[str, str] | None = None) -> None:
+    """Create the pools our DAGs use (``image2song.safeguards.pools``) when missing, after ``airflow db
+    migrate`` and before a scheduler runs: a task in a pool that does not exist never starts. Slots an
+    operator changed (``airflow pools set accelerator 2 …``) are left as they are."""
     from image2song.safeguards import pools
 
-    wanted = pools()
-    path = settings.airflow_home / "pools.json"
-    path.write_text(json.dumps({name: {"slots": slots, "description": text, "include_deferred": False}
-                                for name, (slots, text) in wanted.items()}))
-    airflow_command(settings, ["pools", "import", str(path)], capture=True, env=env)
-    return {name: slots for name, (slots, _) in wanted.items()}
+    subprocess.run([sys.executable, "-c", _ENSURE_POOLS, json.dumps(pools())],
+                   env=env or airflow_environment(settings), check=True, start_new_session=True)
 
 
 def cluster_environment(settings: Settings, *, metadata_url: str, broker_url: str, port: int | None = None,

@@ -23,14 +23,15 @@ def cmd_demo(args, settings: Settings) -> int:
     from image2song.demo.run import run_demo, serve_demo
 
     if args.serve:
-        return serve_demo(settings, n_posts=args.posts)
-    return run_demo(settings, n_posts=args.posts, test_songs=args.test_songs, fresh=args.fresh)
+        return serve_demo(settings, n_posts=args.posts, scale=args.scale)
+    return run_demo(settings, n_posts=args.posts, scale=args.scale, test_songs=args.test_songs, fresh=args.fresh)
 
 
 def cmd_crawl(args, settings: Settings) -> int:
     shard = {"shard": args.shard, "shards": args.shards}
     if args.what in ("posts", "all"):
-        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, workers=args.workers,
+        _show({"posts": stages.crawl(settings, max_pages=args.max_pages, max_depth=args.max_depth,
+                                     workers=args.workers,
                                      source=args.source, discover=not args.no_discover, **shard)})
     if args.what in ("images", "all"):
         _show({"images": stages.fetch_images(settings, workers=args.image_workers, processes=args.processes,
@@ -118,7 +119,7 @@ def cmd_snapshot(args, settings: Settings) -> int:
                                         near_duplicate_bits=None if args.near_duplicate_bits < 0
                                         else args.near_duplicate_bits, seed=args.seed))
         elif args.action == "list":
-            found = snapshots.list_snapshots(settings.db_url)
+            found = snapshots.list_snapshots(settings.db_url, settings.snapshots)
             if not found:
                 print("no snapshot yet: run `image2song snapshot build`")
             for snap in found:
@@ -143,14 +144,35 @@ def cmd_snapshot(args, settings: Settings) -> int:
                 _show(diff)
                 return 0
             print(f"{diff['old']} -> {diff['new']}")
-            print(f"{'split':<14}{'old':>9}{'new':>9}{'added':>9}{'removed':>9}")
+            print(f"{'split':<14}{'old':>9}{'new':>9}{'added':>9}{'removed':>9}{'changed':>9}")
             for name, row in diff["splits"].items():
-                print(f"{name:<14}{row['old']:>9,}{row['new']:>9,}{row['added']:>9,}{row['removed']:>9,}")
+                print(f"{name:<14}{row['old']:>9,}{row['new']:>9,}{row['added']:>9,}{row['removed']:>9,}"
+                      f"{row['changed']:>9,}")
             s = diff["songs"]
-            print(f"songs: {s['old']:,} -> {s['new']:,}, gained {s['gained']:,}, lost {s['lost']:,}")
-            for label, ids in (("gained", s["gained_ids"]), ("lost", s["lost_ids"])):
+            print(f"songs: {s['old']:,} -> {s['new']:,}, gained {s['gained']:,}, lost {s['lost']:,}, "
+                  f"lyric changed {s['lyric_changed']:,}, modeling text changed {s['modeling_text_changed']:,}")
+            lists = [("gained", s["gained_ids"], s["gained"]), ("lost", s["lost_ids"], s["lost"]),
+                     ("lyric changed", s["lyric_changed_ids"], s["lyric_changed"]),
+                     ("modeling text changed", s["modeling_text_changed_ids"], s["modeling_text_changed"])]
+            moved = diff["moved"]
+            lists += [("split A train -> test", moved["split_a"]["train_to_test_ids"], moved["split_a"]["train_to_test"]),
+                      ("split A test -> train", moved["split_a"]["test_to_train_ids"], moved["split_a"]["test_to_train"]),
+                      ("split B held-out images changed", moved["split_b"]["held_out_images_changed_ids"],
+                       moved["split_b"]["held_out_images_changed"])]
+            for label, ids, total in lists:
                 if ids:
-                    print(f"  {label}: {' '.join(ids)}{' …' if len(ids) < s[label] else ''}")
+                    print(f"  {label}: {' '.join(ids)}{' …' if len(ids) < total else ''}")
+        elif args.action == "verify":
+            report = snapshots.verify_snapshots(settings.db_url, settings.snapshots, args.version)
+            if args.json:
+                _show(report)
+            for entry in [] if args.json else report:
+                print(f"{entry['version']}  {'ok' if entry['ok'] else 'DAMAGED'}  {entry['path']}")
+                for problem in entry["problems"]:
+                    print(f"  - {problem}")
+            if not report:
+                print("no snapshot yet: run `image2song snapshot build`")
+            return 0 if all(entry["ok"] for entry in report) else 1
     except snapshots.SnapshotError as error:
         print(f"image2song: {error}", file=sys.stderr)
         return 2
@@ -158,7 +180,9 @@ def cmd_snapshot(args, settings: Settings) -> int:
 
 
 def cmd_tags(args, settings: Settings) -> int:
-    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot)))
+    _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot), vocabulary=args.vocabulary,
+                              device=args.device, batch_size=args.batch_size, workers=args.workers,
+                              retry_errors=args.retry_errors))
     return 0
 
 
@@ -180,12 +204,30 @@ def cmd_evaluate(args, settings: Settings) -> int:
 
 
 def cmd_search(args, settings: Settings) -> int:
-    from modeling.retrieval import search_songs
+    from modeling.search.songs import SongSearch
 
+    if (args.image is None) == (args.song is None):
+        print("image2song search: give an image file, or --song TITLE for images that fit a song", file=sys.stderr)
+        return 2
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
     model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    for rank, hit in enumerate(search_songs(model_dir, snapshot, args.image, top_k=args.top), 1):
-        print(f"{rank:>3}. {hit['score']:+.3f}  {hit['title']} — {hit['artist']}")
+    tags = stages.extract_tags(settings, snapshot)
+    search = SongSearch(model_dir, snapshot, tags["tags_path"], kind=args.index, rebuild=args.rebuild_index)
+    try:
+        if args.image is not None:
+            hits = search.songs_for_image(args.image, top_k=args.top)
+        else:
+            hits = search.images_for_song(args.song, top_k=args.top)
+    except (FileNotFoundError, LookupError) as error:
+        print(f"image2song search: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        _show(hits)
+        return 0
+    for hit in hits:
+        what = f"{hit['title']} — {hit['artist']}" if args.image is not None else f"{hit['image_path']} (post {hit['post_id']})"
+        why = ", ".join(f"{tag} {share:+.3f}" for tag, share in hit["tags"])
+        print(f"{hit['rank']:>3}. {hit['score']:+.3f}  {what}" + (f"   [{why}]" if why else ""))
     return 0
 
 
@@ -200,7 +242,7 @@ def cmd_db(args, settings: Settings) -> int:
 
 
 def cmd_airflow(args, settings: Settings) -> int:
-    from image2song.airflow_env import airflow_command
+    from image2song.airflow_env import airflow_command, ensure_pools
 
     if args.airflow_args[:1] == ["ui"]:
         from image2song.demo.run import serve_airflow_ui
@@ -215,6 +257,9 @@ def cmd_airflow(args, settings: Settings) -> int:
         for alert in reversed(recent_alerts(settings.db_url)):
             print(f"{alert['at'][:19]}  {alert['kind']:<16} {alert['message']}")
         return 0
+    if args.airflow_args[:1] in (["standalone"], ["scheduler"]):  # it will run tasks: their pools must exist
+        airflow_command(settings, ["db", "migrate"], capture=True)
+        ensure_pools(settings)
     return airflow_command(settings, args.airflow_args, check=False).returncode
 
 
@@ -278,7 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Build the demo corpus (real Debian texts and images), serve the demo sharing site and lyric "
             "API on loopback, run the refresh and train DAGs under a real Airflow scheduler, and print "
             "where the snapshot, model and report are, with a results table.")
-    p.add_argument("--posts", type=int, default=3000, help="posts in the demo corpus (default 3000)")
+    p.add_argument("--scale", choices=["demo", "research"], default="demo",
+                   help="demo: 3,000 posts, about 210 songs with 5+ posts (default); research: 40,000 posts, "
+                        "2,900 songs with 5+ posts from every English fortunes file and the King James "
+                        "Bible's verse (needs the Debian package bible-kjv). Keep each scale in its own "
+                        "state folder (IMAGE2SONG_HOME)")
+    p.add_argument("--posts", type=int, help="posts in the corpus (default: the scale's, 3000 or 40000)")
     p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
     p.add_argument("--fresh", action="store_true", help="start from an empty state folder")
     p.add_argument("--serve", action="store_true", help="only serve the demo site and lyric API until Ctrl-C")
@@ -286,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("crawl", cmd_crawl, "crawl posts from the sharing site and fetch their images")
     p.add_argument("what", nargs="?", choices=["posts", "images", "all"], default="all",
                    help="post pages, their images, or both (default)")
-    p.add_argument("--max-pages", type=int, help="list pages to walk (default: all)")
+    p.add_argument("--max-pages", type=int, help="list pages to walk at most (default: 2000)")
+    p.add_argument("--max-depth", type=int, help="hops from the first list page at most (default: 2000)")
     p.add_argument("--workers", type=int, default=8, help="concurrent post page fetches (default 8)")
     p.add_argument("--source", help="instead of the sharing site: feed:URL (JSON feed) or file:PATH (CSV/JSONL import)")
     p.add_argument("--shard", type=int, default=0, help="this shard's number (with --shards)")
@@ -324,13 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", help="serve: file holding the session signing key (default: random per start)")
     p.add_argument("--secure-cookies", action="store_true", help="serve: HTTPS-only cookies (behind a TLS proxy)")
 
-    p = add("snapshot", cmd_snapshot, "build, list, show or compare versioned Parquet snapshots",
+    p = add("snapshot", cmd_snapshot, "build, list, show, compare or verify versioned Parquet snapshots",
             "build: select approved posts after the recipe (default: the paper's protocol), check for leakage, "
-            "publish Parquet + manifest + datasheet. list: published snapshots. show [V]: a snapshot's headline "
-            "(default latest; --json for the whole manifest). diff A B: rows added/removed per split, songs "
-            "gained/lost.")
-    p.add_argument("action", choices=["build", "list", "show", "diff"])
-    p.add_argument("version", nargs="?", help="snapshot version or folder (show; default latest; diff: the old one)")
+            "publish Parquet + manifest + datasheet (a damaged latest snapshot is republished). list: published "
+            "snapshots. show [V]: a snapshot's headline (default latest; --json for the whole manifest). "
+            "diff A B: rows added/removed/changed per split and part, songs gained/lost, songs whose lyric or "
+            "modeling text changed, songs that moved side. verify [V]: check every snapshot (or V) against "
+            "the catalog and its manifest, down to each Parquet page's checksum; exit status 1 when any is "
+            "damaged.")
+    p.add_argument("action", choices=["build", "list", "show", "diff", "verify"])
+    p.add_argument("version", nargs="?",
+                   help="snapshot version or folder (show; default latest; diff: the old one; verify: default all)")
     p.add_argument("other", nargs="?", help="diff: the new snapshot (version or folder)")
     p.add_argument("--test-songs", type=int, default=100, help="split A: songs held out (default 100)")
     p.add_argument("--min-posts", type=int, default=5, help="keep songs with at least this many posts")
@@ -339,10 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-duplicate-bits", type=int, default=4,
                    help="perceptual-hash distance (of 64 bits) that counts as the same image; -1: exact only")
     p.add_argument("--seed", type=int, default=None, help="membership seed (default IMAGE2SONG_SEED)")
-    p.add_argument("--json", action="store_true", help="show/diff: print JSON")
+    p.add_argument("--json", action="store_true", help="show/diff/verify: print JSON")
 
-    p = add("tags", cmd_tags, "tag a snapshot's images with the packaged EfficientNet-Lite0 (ImageNet classes)")
+    p = add("tags", cmd_tags, "tag a snapshot's images (objects, attributes, ImageNet classes) into the tag store",
+            "Tag the images of a snapshot that the tag store (IMAGE2SONG_TAG_STORE) does not hold yet with the "
+            "backend IMAGE2SONG_TAG_BACKEND (default: the packaged EfficientNet-Lite0 plus pixel attributes), "
+            "then write the snapshot's views, one Parquet file per vocabulary (obj, attr, obj+attr, imagenet). "
+            "Images are tagged once per tagger, whatever the snapshot; unreadable images get an error row.")
     p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--vocabulary", default="obj+attr", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="the vocabulary whose view is `tags_path` (default obj+attr); all are written")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
+    p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
     for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
                              ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):
@@ -355,12 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
 
-    p = add("search", cmd_search, "find songs for an image with a trained model")
-    p.add_argument("image", help="an image file")
+    p = add("search", cmd_search, "find songs for an image (or images for a song) with a trained model",
+            "Rank the snapshot's songs for an image file by the model's cosine score, and show the image's "
+            "tags that drove each match (their share of the cosine); with --song, rank the snapshot's "
+            "images for a song. The song and image vectors are indexed once and the index is kept beside "
+            "the model (exact search up to 50,000 vectors, a faiss IVF index calibrated to recall@10 >= "
+            "0.99 above).")
+    p.add_argument("image", nargs="?", help="an image file")
+    p.add_argument("--song", help="instead of an image: a song's title ('title — artist' when titles repeat) or id")
     p.add_argument("--snapshot", help="version or folder (default latest)")
     p.add_argument("--split", choices=["a", "b"], default="b")
     p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto",
+                   help="auto (default): exact up to 50,000 vectors, faiss IVF above")
+    p.add_argument("--rebuild-index", action="store_true", help="rebuild the search index even if it is there")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = add("db", cmd_db, "create or upgrade the catalog (SQLite by default, IMAGE2SONG_DB_URL for PostgreSQL)")
     p.add_argument("action", choices=["upgrade", "current"])

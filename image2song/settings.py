@@ -8,13 +8,23 @@ IMAGE2SONG_DB_URL         catalog database URL; default SQLite file in the state
 IMAGE2SONG_OBJECT_STORE   fsspec URL or folder for image bytes; default <home>/objects
 IMAGE2SONG_SITE_URL       the sharing site to crawl; default the demo site
 IMAGE2SONG_LYRICS_URL     the LRCLIB-compatible lyric API; default the demo API
-IMAGE2SONG_USER_AGENT     the crawler's User-Agent (say who you are and how to reach you)
-IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged) or a path to word2vec vectors
+IMAGE2SONG_CONTACT        an e-mail address or URL where site owners reach whoever runs the crawler; it goes
+                          into the User-Agent (image2song/VERSION (+CONTACT)); without it only loopback is crawled
+IMAGE2SONG_ALLOW_NETWORKS comma-separated networks or host names the crawler may reach although they are not
+                          public (loopback, private, link-local…); default: loopback when the site or the lyric
+                          API is on loopback (the demo world), else none
+IMAGE2SONG_HOST_DELAY     seconds between two requests to one host, shared by every worker process and shard
+                          (loopback is exempt); default 0.5, i.e. at most 2 requests/s per host
+IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged), "word2vec-english" / "word2vec-snapshot" (trained here on all
+                          packaged English text / on the snapshot's lyrics), or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
 IMAGE2SONG_ALERT_WEBHOOK  URL that failure and deadline alerts are POSTed to as JSON {"text": …}; default none
 IMAGE2SONG_FAILURE_THRESHOLDS  per-stage failure rates past which a stage (and its run) fails, e.g.
                           "fetch_lyrics=0.05,fetch_images=0.1"; unnamed stages keep their defaults
+IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags
+IMAGE2SONG_TAG_BACKEND    image tagger: "efficientnet-lite0" (packaged) or "faster-rcnn" (needs a checkpoint)
+IMAGE2SONG_TAG_CHECKPOINT the faster-rcnn backend's checkpoint (label map beside it as <checkpoint>.labels.json)
 """
 
 from __future__ import annotations
@@ -59,15 +69,28 @@ class Settings:
     object_store: str
     site_url: str
     lyrics_url: str
-    user_agent: str
+    contact: str
+    allow_networks: tuple[str, ...]
+    host_delay: float
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    tag_store: str = ""  # empty: <home>/tags
+    tag_backend: str = "efficientnet-lite0"
+    tag_checkpoint: str = ""
     failure_thresholds: str = ""
     alert_webhook: str = ""
 
     def failure_threshold(self, stage: str) -> float:
         return parse_thresholds(self.failure_thresholds)[stage]
+
+    @property
+    def user_agent(self) -> str | None:
+        """The crawler's User-Agent: the project, its version and the operator's contact (None without
+        a contact: the HTTP layer then talks to loopback only)."""
+        from image2song import __version__
+
+        return f"image2song/{__version__} (+{self.contact}; dataset research crawler)" if self.contact else None
 
     @property
     def snapshots(self) -> Path:
@@ -93,21 +116,25 @@ class Settings:
         default_home = PROJECT_ROOT / "state" if (PROJECT_ROOT / "airflow.cfg").exists() else Path("state")
         home = Path(env.get("IMAGE2SONG_HOME", default_home)).expanduser().resolve()
         parse_thresholds(env.get("IMAGE2SONG_FAILURE_THRESHOLDS", ""))  # a typo fails here, not mid-run
+        site_url = env.get("IMAGE2SONG_SITE_URL", f"http://127.0.0.1:{DEMO_SITE_PORT}")
+        lyrics_url = env.get("IMAGE2SONG_LYRICS_URL", f"http://127.0.0.1:{DEMO_LYRICS_PORT}")
         return cls(
             home=home,
             db_url=env.get("IMAGE2SONG_DB_URL", f"sqlite:///{home / 'catalog.sqlite'}"),
             object_store=env.get("IMAGE2SONG_OBJECT_STORE", str(home / "objects")),
-            site_url=env.get("IMAGE2SONG_SITE_URL", f"http://127.0.0.1:{DEMO_SITE_PORT}"),
-            lyrics_url=env.get("IMAGE2SONG_LYRICS_URL", f"http://127.0.0.1:{DEMO_LYRICS_PORT}"),
-            user_agent=env.get(
-                "IMAGE2SONG_USER_AGENT",
-                "image2song/0.1 (dataset research crawler; contact: set IMAGE2SONG_USER_AGENT)",
-            ),
+            site_url=site_url,
+            lyrics_url=lyrics_url,
+            contact=env.get("IMAGE2SONG_CONTACT", "").strip(),
+            allow_networks=_allow_networks(env, site_url, lyrics_url),
+            host_delay=float(env.get("IMAGE2SONG_HOST_DELAY", "0.5")),
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
             failure_thresholds=env.get("IMAGE2SONG_FAILURE_THRESHOLDS", ""),
             alert_webhook=env.get("IMAGE2SONG_ALERT_WEBHOOK", ""),
+            tag_store=env.get("IMAGE2SONG_TAG_STORE", str(home / "tags")),
+            tag_backend=env.get("IMAGE2SONG_TAG_BACKEND", "efficientnet-lite0"),
+            tag_checkpoint=env.get("IMAGE2SONG_TAG_CHECKPOINT", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -115,9 +142,33 @@ class Settings:
         names = {
             "home": "IMAGE2SONG_HOME", "db_url": "IMAGE2SONG_DB_URL",
             "object_store": "IMAGE2SONG_OBJECT_STORE", "site_url": "IMAGE2SONG_SITE_URL",
-            "lyrics_url": "IMAGE2SONG_LYRICS_URL", "user_agent": "IMAGE2SONG_USER_AGENT",
+            "lyrics_url": "IMAGE2SONG_LYRICS_URL", "contact": "IMAGE2SONG_CONTACT",
+            "allow_networks": "IMAGE2SONG_ALLOW_NETWORKS", "host_delay": "IMAGE2SONG_HOST_DELAY",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED", "failure_thresholds": "IMAGE2SONG_FAILURE_THRESHOLDS",
+            "seed": "IMAGE2SONG_SEED", "tag_store": "IMAGE2SONG_TAG_STORE",
+            "tag_backend": "IMAGE2SONG_TAG_BACKEND", "tag_checkpoint": "IMAGE2SONG_TAG_CHECKPOINT",
+            "failure_thresholds": "IMAGE2SONG_FAILURE_THRESHOLDS",
             "alert_webhook": "IMAGE2SONG_ALERT_WEBHOOK",
         }
-        return {names[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+        def text(value) -> str:
+            return ",".join(value) if isinstance(value, tuple) else str(value)
+
+        return {names[f.name]: text(getattr(self, f.name)) for f in fields(self)}
+
+
+def _allow_networks(env, *urls: str) -> tuple[str, ...]:
+    """IMAGE2SONG_ALLOW_NETWORKS, or loopback when a configured service lives there (the demo world)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if "IMAGE2SONG_ALLOW_NETWORKS" in env:
+        return tuple(part.strip() for part in env["IMAGE2SONG_ALLOW_NETWORKS"].split(",") if part.strip())
+
+    def loopback(url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    return ("127.0.0.0/8", "::1/128") if any(loopback(url) for url in urls) else ()

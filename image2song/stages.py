@@ -103,8 +103,13 @@ class _LoggedProgress:
 
 
 def _client(settings: Settings, **options):
+    """The one HTTP client of a stage: the operator's contact in its User-Agent, the egress policy's
+    allowed networks, and one pace per host booked in the catalog (shared by every process and shard)."""
     from crawlers.http import PoliteClient
+    from curation.crawl_store import CatalogPacer
 
+    options = {"allow": settings.allow_networks, "min_delay": settings.host_delay,
+               "pacer": CatalogPacer(settings.db_url), **options}
     return PoliteClient(settings.user_agent, **options)
 
 
@@ -135,10 +140,12 @@ def _post_source(settings: Settings, source: str | None):
     raise ValueError(f"unknown post source {source!r} (use feed:URL or file:PATH)")
 
 
-def crawl(settings: Settings, *, max_pages: int | None = None, workers: int = 8, shard: int = 0,
-          shards: int = 1, discover: bool = True, source: str | None = None) -> dict:
-    """Walk the source's listing (unless ``discover=False``), then fetch this shard's pending post pages
-    into the catalog (a batch of posts and their URLs' states per transaction: resumable after a kill)."""
+def crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | None = None, workers: int = 8,
+          shard: int = 0, shards: int = 1, discover: bool = True, source: str | None = None) -> dict:
+    """Fetch this shard's pending post pages into the catalog while walking the source's listing (unless
+    ``discover=False``; the walk is bounded by ``max_pages`` and ``max_depth``). Outcomes are recorded
+    as they complete, a small batch of posts and their URLs' states per transaction: resumable after a
+    kill. Returns ``attempted``, ``failed``, ``failures`` and other counts."""
     from crawlers.sources import crawl_posts
     from curation.crawl_store import CatalogCrawlState, ensure_source
 
@@ -148,22 +155,23 @@ def crawl(settings: Settings, *, max_pages: int | None = None, workers: int = 8,
     max_rate = settings.failure_threshold("crawl_posts")
     with _progress(None, f"posts {shard + 1}/{shards}", "posts") as bar:
         counts = crawl_posts(post_source, _client(settings), state, discover=discover, max_pages=max_pages,
-                             workers=workers, progress=bar.update, give_up=gives_up(max_rate))
+                             max_depth=max_depth, workers=workers, progress=bar.update, give_up=gives_up(max_rate))
     counts["crawl_state"] = state.counts()
     log.info("crawl: %s", {k: v for k, v in counts.items() if k != "failures"})
     return check_failures("crawl_posts", counts, max_rate,
                           service=f"post source {post_source.base_url}", unit="post pages")
 
 
-def plan_crawl(settings: Settings, *, max_pages: int | None = None, shard_size: int = 2000,
-               max_shards: int = 16, source: str | None = None) -> dict:
+def plan_crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | None = None,
+               shard_size: int = 2000, max_shards: int = 16, source: str | None = None) -> dict:
     """Walk the listing once and cut the pending post URLs into shards (for dynamic task mapping)."""
+    from crawlers.sources import discover_posts
     from curation.crawl_store import CatalogCrawlState, ensure_source
 
     name, post_source = _post_source(settings, source)
     source_id = ensure_source(settings.db_url, name, post_source.kind, post_source.base_url)
     state = CatalogCrawlState(settings.db_url, source_id)
-    discovered = post_source.discover(_client(settings), state, max_pages=max_pages)
+    discovered = discover_posts(post_source, _client(settings), state, max_pages=max_pages, max_depth=max_depth)
     pending = len(state.pending("post"))
     return {"discovered": discovered, "pending": pending, "shards": _shards(pending, shard_size, max_shards)}
 
@@ -177,15 +185,18 @@ def plan_images(settings: Settings, *, shard_size: int = 20000, max_shards: int 
 
 def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shards: int = 1,
                  resize: int | None = None, quality: int = 90, near_duplicate_bits: int | None = 2,
-                 processes: int | None = None, per_host: int = 8, min_delay: float = 0.0) -> dict:
+                 processes: int | None = None, per_host: int = 8, min_delay: float | None = None) -> dict:
     """Download, validate and store every image of this shard not stored yet (content-addressed);
     near-duplicates are linked to the image they duplicate. ``workers``: downloads in flight per
-    process; ``processes``: worker processes (default: one per core for large jobs)."""
+    process; ``processes``: worker processes (default: one per core for large jobs); ``min_delay``:
+    seconds between requests to one non-loopback host (default: the host-delay setting). Local files
+    are read only for file-import sources, from their own folders. Returns ``stored``, ``attempted``,
+    ``failed`` and ``failures`` (the first ten (url, reason))."""
     import functools
 
     from crawlers.image_pipeline import fetch_images as run
     from crawlers.images import ImageOptions
-    from curation.crawl_store import image_tasks, kept_images, record_images
+    from curation.crawl_store import file_import_roots, image_tasks, kept_images, record_images
     from curation.object_store import ObjectStore
 
     store = ObjectStore(settings.object_store)
@@ -204,15 +215,19 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
         failures.extend((r.url, r.error) for r in results if r.status == "error" and len(failures) < 10)
 
     with _progress(len(tasks), f"images {shard + 1}/{shards}", "images") as bar:
-        counts = run(tasks, client=_client(settings, per_host=per_host, min_delay=min_delay),
+        pace = {} if min_delay is None else {"min_delay": min_delay}
+        counts = run(tasks, client=_client(settings, per_host=per_host, **pace),
                      store_factory=functools.partial(ObjectStore, settings.object_store), sink=sink,
                      options=ImageOptions(resize=resize, quality=quality),
                      near_duplicate_bits=near_duplicate_bits, known=kept_images(settings.db_url) if tasks else (),
-                     discard=discard, processes=processes, threads=workers, progress=bar.update)
+                     discard=discard, processes=processes, threads=workers, progress=bar.update,
+                     local_roots=file_import_roots(settings.db_url))
     log.info("images: %s", counts)
-    # Rejected (not an image, gone for good) and disallowed images are verdicts, not failures.
+    # Rejected (not an image, gone for good) and disallowed images are verdicts, not failures; deferred
+    # ones (robots.txt unavailable) wait for the next run.
     result = {"stored": counts["stored"] + counts["duplicate"], "rejected": counts["rejected"] + counts["disallowed"],
-              "attempted": len(tasks), "failed": counts["error"], "failures": failures}
+              "attempted": counts["attempted"], "failed": counts["error"], "deferred": counts["deferred"],
+              "failures": failures}
     return check_failures("fetch_images", result, settings.failure_threshold("fetch_images"),
                           service="image hosts", unit="images")
 
@@ -228,19 +243,33 @@ def reconcile_objects(settings: Settings) -> dict:
     return counts
 
 
-def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True) -> dict:
-    """Ask the lyric provider for every song without a candidate yet; answers are cached in the catalog
-    (keyed by the normalized title, artist and duration), so a re-run asks the provider nothing twice."""
-    from crawlers.http import Disallowed, FetchError
+    return {"stored": counts["stored"] + counts["duplicate"], "attempted": counts["attempted"],
+            "failed": counts["error"] + counts["rejected"] + counts["disallowed"],
+            "deferred": counts["deferred"], "failures": counts["failures"]}
+
+
+def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True,
+                 deadline: float = 30.0, max_attempts: int | None = None) -> dict:
+    """Ask the lyric provider for every song without an answer yet; answers are cached in the catalog
+    (keyed by the normalized title, artist and duration), so a re-run asks the provider nothing twice.
+
+    One song never stops the stage: a provider failure (after the HTTP client's retries, within the
+    per-song ``deadline``) or any other error is stored on that song's candidate; after ``max_attempts``
+    failed runs the song goes to a curator ("provider error: …"). Returns ``attempted``, ``failed`` and
+    ``failures`` (the first ten (song, reason)) beside the counts."""
     from crawlers.lyrics import CachedProvider, LrclibProvider
-    from curation.crawl_store import songs_without_lyrics, store_lyric
+    from curation.crawl_store import LYRIC_ATTEMPTS, songs_without_lyrics, store_lyric, store_lyric_failure
     from curation.lyrics.cache import CatalogLyricCache
 
     service = f"lyric provider {provider.name}" if provider else f"lyric API {settings.lyrics_url}"
-    provider = provider or LrclibProvider(settings.lyrics_url, _client(settings))
+    max_attempts = max_attempts or LYRIC_ATTEMPTS
+    if provider is None:
+        # Short read timeouts and few retries: the per-song deadline, not the client, bounds a stall.
+        client = _client(settings, read_timeout=min(10.0, deadline), retries=2)
+        provider = LrclibProvider(settings.lyrics_url, client, deadline=deadline)
     if cache:
         provider = CachedProvider(provider, CatalogLyricCache(settings.db_url))
-    songs = songs_without_lyrics(settings.db_url, provider.name)
+    songs = songs_without_lyrics(settings.db_url, provider.name, max_attempts)
 
     def one(song: dict):  # in a worker: reads only; the catalog is written from this thread below
         try:
@@ -249,10 +278,10 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
             else:
                 hit, cached = provider.find(song["title"], song["artist"], song["album"], song["duration"]), True
             return song, hit, cached, None
-        except (FetchError, Disallowed) as error:
+        except Exception as error:  # noqa: BLE001 - whatever one song raises is stored on that song
             return song, None, False, f"{type(error).__name__}: {error}"
 
-    found = missing = errors = asked = 0
+    found = missing = sent_to_review = asked = 0
     failures: list[tuple[str, str]] = []
     max_rate = settings.failure_threshold("fetch_lyrics")
     give_up = gives_up(max_rate)
@@ -262,22 +291,26 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
             song, hit, cached, error = future.result()
             asked += 1
             bar.update(1)
-            if error:  # not an answer: the song keeps no candidate and is asked again next run
-                errors += 1
-                log.debug("lyrics for %r: %s", song["title"], error)
-                if len(failures) < 10:
-                    failures.append((f"song {song['id']} {song['title']!r}", error))
-                if give_up(errors, len(songs)):
-                    for rest in futures:
-                        rest.cancel()
-                    break
-                continue
-            if not cached:
-                provider.remember(song["title"], song["artist"], song["duration"], hit)
-            store_lyric(settings.db_url, song["id"], provider.name, hit)
-            found, missing = found + (hit is not None), missing + (hit is None)
-    counts = {"songs": len(songs), "found": found, "not_found": missing, "errors": errors,
-              "attempted": asked, "failed": errors, "failures": failures, "given_up": len(songs) - asked}
+            if error is None:
+                try:
+                    if not cached:
+                        provider.remember(song["title"], song["artist"], song["duration"], hit)
+                    store_lyric(settings.db_url, song["id"], provider.name, hit)
+                    found, missing = found + (hit is not None), missing + (hit is None)
+                    continue
+                except Exception as store_error:  # noqa: BLE001 - stored on the song below
+                    error = f"{type(store_error).__name__}: {store_error}"
+            failures.append((f"song {song['id']} {song['title']!r}", error[:300]))
+            verdict = store_lyric_failure(settings.db_url, song["id"], provider.name, error, max_attempts)
+            sent_to_review += verdict == "review"
+            log.debug("lyrics for song %s %r: %s", song["id"], song["title"], error)
+            if give_up(len(failures), len(songs)):  # the stage fails whatever the rest does: stop asking
+                for rest in futures:
+                    rest.cancel()
+                break
+    counts = {"songs": len(songs), "attempted": asked, "found": found, "not_found": missing,
+              "failed": len(failures), "errors": len(failures), "failures": failures[:10],
+              "provider_errors_to_review": sent_to_review, "given_up": len(songs) - asked}
     if cache:
         counts.update(cache_hits=provider.hits, cache_misses=provider.misses)
     log.info("lyrics fetched: %s", {k: v for k, v in counts.items() if k != "failures"})
@@ -320,13 +353,42 @@ def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
     return settings.runs / f"{snapshot_version}-split-{split}"
 
 
-def extract_tags(settings: Settings, snapshot_path: str) -> dict:
-    """Tag every image of the snapshot; tags are kept per snapshot and reused across runs."""
-    from modeling.tagging import extract_tags as tag
+def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
+                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False) -> dict:
+    """Tag the snapshot's images that the tag store lacks (each image is tagged once per tagger), then
+    write the snapshot's views, one per vocabulary: ``tags_paths`` = {"obj", "attr", "obj+attr",
+    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``."""
+    from modeling.tags import extract_tags as tag
 
-    out = settings.home / "tags" / f"{Path(snapshot_path).name}.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return {**tag(snapshot_path, settings.object_store, out), "tags_path": str(out)}
+    options = {"checkpoint": settings.tag_checkpoint} if settings.tag_backend == "faster-rcnn" else {}
+    views = settings.home / "tags" / "views" / Path(snapshot_path).name / settings.tag_backend
+    result = tag(snapshot_path, settings.object_store, settings.tag_store or settings.home / "tags", views,
+                 backend=settings.tag_backend, backend_options=options, device=device, batch_size=batch_size,
+                 workers=workers, retry_errors=retry_errors)
+    if vocabulary not in result["tags_paths"]:
+        raise ValueError(f"the {settings.tag_backend} tagger has no {vocabulary!r} vocabulary; "
+                         f"it has {', '.join(result['tags_paths'])}")
+    return {**result, "tags_path": result["tags_paths"][vocabulary], "vocabulary": vocabulary}
+
+
+def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str | None = None) -> str:
+    """A word-vector spec that ``modeling.word_vectors.load_word_vectors`` loads: the packaged GloVe or a
+    user's file as given; ``word2vec-english`` / ``word2vec-snapshot`` trained here once (on all packaged
+    English text / on the snapshot's lyrics) and kept under ``<home>/word-vectors``."""
+    from modeling.word_vectors import WORD2VEC_ENGLISH, WORD2VEC_SNAPSHOT, snapshot_texts, trained_word2vec
+
+    spec = spec or settings.word_vectors
+    cache = settings.home / "word-vectors"
+    if spec == WORD2VEC_ENGLISH:
+        from image2song.demo.material import packaged_english_texts
+
+        return str(trained_word2vec(packaged_english_texts(), cache, "english", seed=settings.seed))
+    if spec == WORD2VEC_SNAPSHOT:
+        if snapshot_path is None:
+            raise ValueError(f"{WORD2VEC_SNAPSHOT!r} word vectors need a snapshot to learn from")
+        return str(trained_word2vec(snapshot_texts(snapshot_path), cache, f"snapshot-{Path(snapshot_path).name}",
+                                    seed=settings.seed))
+    return spec
 
 
 def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,
@@ -335,7 +397,7 @@ def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str 
 
     out = run_dir(settings, Path(snapshot_path).name, split)
     result = fit(snapshot_path, tags_path, out, split=split, epochs=epochs, attention=attention,
-                 seed=settings.seed, word_vectors=settings.word_vectors)
+                 seed=settings.seed, word_vectors=word_vectors(settings, snapshot_path))
     return {**result, "model_dir": str(out)}
 
 
@@ -359,7 +421,7 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
             if fs.exists(f"{root.rstrip('/')}/manifest.json"):
                 return str(Path(root)) if "://" not in candidate else candidate
         raise FileNotFoundError(f"no snapshot {snapshot!r} (looked for manifest.json in {', '.join(candidates)})")
-    latest = latest_snapshot(settings.db_url)
+    latest = latest_snapshot(settings.db_url, settings.snapshots)
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")
     return latest["path"]

@@ -2,10 +2,10 @@
 
 Stage functions (each takes plain arguments and returns a small, loggable summary dict):
 
-- ``modeling.tagging.extract_tags``      snapshot images -> tag probabilities (Parquet)
+- ``modeling.tags.extract_tags``         snapshot images -> tag store -> per-vocabulary views (Parquet)
 - ``modeling.training.train``            snapshot + tags -> ``model.pt`` + ``training.json``
 - ``modeling.evaluation.evaluate``       model + snapshot + tags -> ``report.json`` + ``report.md``
-- ``modeling.retrieval.search_songs``    one image file -> top-k songs
+- ``modeling.search.SongSearch``         an image -> top-k songs (and a song -> top-k images), indexed
 
 Importing this package is cheap: torch and friends are imported by the submodules only, so
 nothing here should be imported by Airflow DAG files at parse time anyway.

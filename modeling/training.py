@@ -39,9 +39,9 @@ LOSSES = ("mse", "cosine", "margin")
 
 def tag_lookup(tags_path: str | os.PathLike) -> tuple[dict[str, int], np.ndarray, list[str]]:
     """-> (image_sha256 -> row, probs [N, T], tag_names) for the ``ok`` rows of a tags file."""
-    from modeling.tagging import load_tags
+    from modeling.tags import load_tags
 
-    shas, probs, names = load_tags(tags_path)
+    names, probs, shas = load_tags(tags_path)
     return {s: i for i, s in enumerate(shas)}, probs, names
 
 

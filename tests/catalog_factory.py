@@ -47,7 +47,7 @@ def fill_catalog(db_url: str, songs: int = 12, posts_per_song: int = 6, german: 
     record_images(db_url, results)
     for song in songs_without_lyrics(db_url, "lrclib"):
         number = int(song["title"].split()[1])
-        text = GERMAN if number in german else ENGLISH + f" verse {number}"
+        text = GERMAN if number in german else ENGLISH + f" verse{number}"  # a word of its own per song
         store_lyric(db_url, song["id"], "lrclib", LyricHit("lrclib", str(number), song["title"], song["artist"],
                                                            200, False, text, None, 1.0, "exact"))
     filter_pending(db_url)

@@ -57,8 +57,8 @@ def test_hostile_lyric_is_judged_not_executed():
 def test_crawl_state_resumes_without_duplicates(db_url):
     source = ensure_source(db_url, "site", "html_site", "http://site")
     state = CatalogCrawlState(db_url, source)
-    assert state.add("post", ["http://site/post/1", "http://site/post/2"]) == 2
-    assert state.add("post", ["http://site/post/2", "http://site/post/3"]) == 1
+    assert state.add("post", ["http://site/post/1", "http://site/post/2"]) == ["http://site/post/1", "http://site/post/2"]
+    assert state.add("post", ["http://site/post/2", "http://site/post/3"]) == ["http://site/post/3"]
     state.record("http://site/post/1", "done", http_status=200, etag='"e1"')
     state.record("http://site/post/2", "error", error="HTTP 500")
     assert state.pending("post") == ["http://site/post/2", "http://site/post/3"]

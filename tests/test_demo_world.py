@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +17,16 @@ from bs4 import BeautifulSoup
 from PIL import Image
 
 from image2song.demo import DemoWorld, MaterialMissingError, build_corpus
-from image2song.demo.corpus import PLACEHOLDERS
-from image2song.demo.material import FORTUNES_DIR, STAMPS_DIR, content_stems, load_stamps, theme_vocabularies
+from image2song.demo.corpus import PLACEHOLDERS, SCALES
+from image2song.demo.material import (
+    ALL_ENGLISH_FORTUNE_FILES,
+    FORTUNES_DIR,
+    STAMPS_DIR,
+    content_stems,
+    load_kjv_verse,
+    load_stamps,
+    theme_vocabularies,
+)
 
 pytestmark = pytest.mark.skipif(
     not (FORTUNES_DIR / "songs-poems").exists() or not STAMPS_DIR.exists(),
@@ -178,7 +187,52 @@ def test_default_corpus_popularity_keeps_enough_ok_songs(tmp_path):
     assert len({(s["title"].lower(), s["artist"].lower()) for s in truth["songs"].values()}) == n
 
 
-def test_images_follow_the_song_theme(truth):
+@pytest.fixture(scope="module")
+def research(tmp_path_factory):
+    """The research-scale corpus description (no images: the counts and the pairing are what matter)."""
+    if shutil.which("bible") is None:
+        pytest.skip("the research scale needs the Debian package bible-kjv")
+    out = tmp_path_factory.mktemp("research") / "corpus"
+    summary = build_corpus(out, scale="research", progress=False, write_images=False)
+    truth = json.loads((out / "truth.json").read_text(encoding="utf-8"))
+    return summary, truth, _read_jsonl(out / "lyrics.jsonl"), _read_jsonl(out / "posts.jsonl")
+
+
+def test_research_scale_has_2000_songs_from_all_english_text(research):
+    summary, truth, records, posts = research
+    assert summary.scale == "research" and summary.n_posts == len(posts) == SCALES["research"].n_posts
+    assert not summary.images_written
+    visible = Counter(truth["posts"][p["post_id"]]["song"] for p in posts if not p["hidden"])
+    kept = [k for k, n in visible.items() if n >= 5]
+    kept_ok = [k for k in kept if truth["songs"][k]["kind"] == "ok"]
+    assert len(kept) >= 2000 and len(kept_ok) >= 2000, (len(kept), len(kept_ok))
+    assert summary.songs_with_5_plus == len(kept)
+    # the English lyrics come from every English fortunes file (not only songs-poems) and from KJV verse
+    sources = Counter(s["source"].split("#")[0].split(":")[0] for s in truth["songs"].values()
+                      if s["language"] == "en" and s["source"])
+    assert sources["kjv"] >= 500 and sources["songs-poems"] >= 500
+    readable = [f for f in ALL_ENGLISH_FORTUNE_FILES if (FORTUNES_DIR / f).exists()]
+    assert len(set(sources) & set(readable)) >= 0.9 * len(readable), sorted(set(readable) - set(sources))
+    # one text, one song: only the mismatched kind reuses another song's lyric
+    texts = Counter(r["plainLyrics"] for r in records if r["plainLyrics"] and r["plainLyrics"] not in PLACEHOLDERS)
+    reused = sum(n - 1 for n in texts.values())
+    assert reused == sum(s["kind"] == "mismatched" for s in truth["songs"].values())
+    # a flat head: the posts spread over many songs, the most popular has tens of posts, not hundreds
+    assert max(visible.values()) <= 40
+    assert json.loads((Path(summary.out_dir) / "corpus.json").read_text())["scale"] == "research"
+
+
+@pytest.fixture(params=["demo", "research"])
+def any_scale(request):
+    """(truth, lyric records) of the tiny demo corpus and of the research-scale one."""
+    if request.param == "demo":
+        return request.getfixturevalue("truth"), request.getfixturevalue("records")
+    _, truth, records, _ = request.getfixturevalue("research")
+    return truth, records
+
+
+def test_images_follow_the_song_theme(any_scale):
+    truth, _ = any_scale
     posts_by_song: dict[str, list[str]] = {}
     for pid, p in truth["posts"].items():
         posts_by_song.setdefault(p["song"], []).append(p["image_theme"])
@@ -199,7 +253,8 @@ def test_images_follow_the_song_theme(truth):
     assert preferred / n > 0.4
 
 
-def test_theme_overlaps_the_lyric_words(records, truth):
+def test_theme_overlaps_the_lyric_words(any_scale):
+    truth, records = any_scale
     vocab = theme_vocabularies(load_stamps())
     by_id = {r["id"]: r for r in records}
     checked = 0
@@ -210,11 +265,32 @@ def test_theme_overlaps_the_lyric_words(records, truth):
     assert checked > 0.6 * sum(s["kind"] == "ok" for s in truth["songs"].values())
 
 
+def test_a_corpus_is_reused_only_at_its_own_scale(tmp_path):
+    from image2song.demo.run import ensure_corpus
+    from image2song.settings import Settings
+
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
+    settings.demo_corpus.mkdir(parents=True)
+    (settings.demo_corpus / "posts.jsonl").write_text("")
+    (settings.demo_corpus / "corpus.json").write_text(json.dumps({"scale": "demo", "n_posts": 3000}))
+    ensure_corpus(settings, None, "demo")  # the same build: reused as it is
+    assert (settings.demo_corpus / "posts.jsonl").read_text() == ""
+    with pytest.raises(RuntimeError, match="scale 'demo' with 3000 posts, not 'research' with 40000"):
+        ensure_corpus(settings, None, "research")
+
+
+def test_unknown_scale_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        build_corpus(tmp_path, scale="huge", progress=False, write_images=False)
+
+
 def test_missing_material_says_which_package(tmp_path):
     with pytest.raises(MaterialMissingError, match="fortunes"):
         build_corpus(tmp_path / "x", n_posts=50, progress=False, fortunes_dir=tmp_path / "no-fortunes")
     with pytest.raises(MaterialMissingError, match="tuxpaint-stamps-default"):
         build_corpus(tmp_path / "y", n_posts=50, progress=False, stamps_dir=tmp_path / "no-stamps")
+    with pytest.raises(MaterialMissingError, match="bible-kjv"):
+        load_kjv_verse(bible_command=str(tmp_path / "no-bible"))
 
 
 # ------------------------------------------------------------------------------------------ sharing site

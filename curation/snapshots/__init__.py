@@ -6,9 +6,9 @@ checks) → ``build`` (write, manifest, datasheet) → ``store`` (atomic publish
 """
 
 from curation.snapshots.build import (
-    SnapshotError, build_snapshot, check_leakage, diff_snapshots, latest_snapshot, list_snapshots,
+    SnapshotError, build_snapshot, check_leakage, diff_snapshots, latest_snapshot, list_snapshots, verify_snapshots,
 )
 from curation.snapshots.recipe import Recipe
 
 __all__ = ["Recipe", "SnapshotError", "build_snapshot", "check_leakage", "diff_snapshots", "latest_snapshot",
-           "list_snapshots"]
+           "list_snapshots", "verify_snapshots"]

@@ -21,6 +21,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +32,9 @@ from curation.crawl_store import image_key
 from curation.snapshots.datasheet import write_datasheet
 from curation.lyrics.text import modeling_tokens
 from curation.snapshots.leakage import cross_matches
-from curation.snapshots.reader import read_manifest, read_table
+from curation.snapshots.reader import (
+    SnapshotIntegrityError, check_snapshot, load_snapshot, manifest_content_hash, read_manifest,
+)
 from curation.snapshots.recipe import Recipe, SnapshotError, assign_splits
 from curation.snapshots.select import CHUNK_ROWS, catalog_state, eligible_figures, read_kept, song_rows
 from curation.snapshots.store import MANIFEST, SnapshotStore
@@ -120,7 +123,7 @@ def check_leakage(triplets: pd.DataFrame, near_duplicate_bits: int | None) -> di
 
 # --- building ----------------------------------------------------------------------------------
 
-def _tables(kept: pd.DataFrame, songs: list[tuple]) -> tuple[pa.Table, pa.Table]:
+def _tables(kept: pd.DataFrame, songs: list[tuple], modeling: dict) -> tuple[pa.Table, pa.Table]:
     song_frame = pd.DataFrame(songs, columns=["song", "title", "artist", "lyric", "provider", "candidate_id",
                                               "decided_by", "match_score"])
     titles = dict(zip(song_frame["song"], zip(song_frame["title"], song_frame["artist"])))
@@ -139,7 +142,7 @@ def _tables(kept: pd.DataFrame, songs: list[tuple]) -> tuple[pa.Table, pa.Table]
     songs_table = pa.table({
         "song_id": "s" + song_frame["song"].astype(str), "title": song_frame["title"],
         "artist": song_frame["artist"], "lyric": song_frame["lyric"],
-        "modeling_text": [" ".join(modeling_tokens(text or "")) for text in song_frame["lyric"]],
+        "modeling_text": [modeling[song] for song in song_frame["song"]],
         "lyric_provider": song_frame["provider"], "lyric_candidate_id": song_frame["candidate_id"].astype("int64"),
         "lyric_decided_by": song_frame["decided_by"], "match_score": song_frame["match_score"].astype("float64"),
     }, schema=SONGS_SCHEMA)
@@ -147,7 +150,8 @@ def _tables(kept: pd.DataFrame, songs: list[tuple]) -> tuple[pa.Table, pa.Table]
 
 
 def _write_parquet(table: pa.Table, path: Path, name: str) -> dict:
-    pq.write_table(table, path, compression="zstd", **WRITE_OPTIONS[name])
+    # Page checksums (CRC32 per page): readers that check them (ours always does) raise on a flipped bit.
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True, **WRITE_OPTIONS[name])
     return {"rows": table.num_rows, "row_groups": pq.ParquetFile(path).num_row_groups}
 
 
@@ -184,18 +188,35 @@ def _schema_doc(schema: pa.Schema) -> list[dict]:
 def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recipe = Recipe(), *,
                    chunk_rows: int = CHUNK_ROWS) -> dict:
     """Build and publish a snapshot under ``snapshots_root`` (a folder or an fsspec URL). When the data
-    files are byte-identical to the latest snapshot's, publish nothing and return the latest (so
-    re-running the task is harmless). Raises SnapshotError when the recipe cannot be met or leaks."""
+    files are byte-identical to the latest snapshot's and that snapshot is whole, publish nothing and
+    return the latest (so re-running the task is harmless); a damaged latest snapshot is republished.
+    Staging left by killed builds is removed first, and a snapshot published by a build killed before
+    its catalog write is adopted into the catalog rather than duplicated. Raises SnapshotError when the
+    recipe cannot be met or leaks."""
     started = datetime.now(timezone.utc)
+    store = SnapshotStore(snapshots_root)
+    store.clean_staging()
+    adopt_published(db_url, store)
     kept = read_kept(db_url, recipe, chunk_rows).to_pandas()
-    kept, notes = assign_splits(kept, recipe)
-    leakage = check_leakage(kept.assign(post_id=kept["post_id"].astype(str)), recipe.near_duplicate_bits)
     pairs = kept[["song_id", "lyric_candidate_id"]].drop_duplicates("song_id")
     songs = song_rows(db_url, list(zip(pairs["song_id"].tolist(), pairs["lyric_candidate_id"].tolist())))
-    triplets, songs_table = _tables(kept, songs)
+    # An approved lyric with nothing left for modeling (only stop words and symbols) never reaches a
+    # snapshot: its song is left out and named in the manifest, for a curator to fix.
+    modeling = {song: " ".join(modeling_tokens(lyric or "")) for song, _, _, lyric, *_ in songs}
+    empty = sorted(song for song, text in modeling.items() if not text)
+    if empty:
+        kept = kept[~kept["song_id"].isin(empty)]
+        songs = [row for row in songs if row[0] not in set(empty)]
+        log.warning("%d song(s) left out: their approved lyric has an empty modeling text (%s)", len(empty),
+                    ", ".join(f"s{song}" for song in empty[:10]))
+    kept, notes = assign_splits(kept, recipe, linked_songs=same_lyric_songs(modeling))
+    if empty:
+        notes["left_out_empty_modeling_text"] = [f"s{song}" for song in empty]
+    leakage = check_leakage(kept.assign(post_id=kept["post_id"].astype(str)), recipe.near_duplicate_bits)
+    leakage["lyrics"] = check_lyric_leakage(kept, modeling)
+    triplets, songs_table = _tables(kept, songs, modeling)
     counts = _counts(kept, triplets, songs_table)
 
-    store = SnapshotStore(snapshots_root)
     version = started.strftime("%Y%m%dT%H%M%S%fZ")
     staging = store.staging(version)
     try:
@@ -205,11 +226,21 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
             layout = _write_parquet(table, path, name)
             details[path.name] = {**_file_entry(path), **layout}
         files = {name: details[name]["sha256"] for name in DATA_FILES}
-        latest = latest_snapshot(db_url)
+        try:
+            latest = latest_snapshot(db_url, snapshots_root)
+        except (FileNotFoundError, SnapshotIntegrityError) as error:  # gone or unreadable here: publish
+            log.warning("the catalog's latest snapshot cannot be read under %s (%s): publishing", snapshots_root,
+                        error)
+            latest = None
         if latest and latest["files"] == files:
-            store.discard(staging)
-            log.info("approved data unchanged since snapshot %s: nothing new published", latest["version"])
-            return {**latest, "published": False}
+            problems = latest_problems(db_url, snapshots_root)
+            if not problems:
+                store.discard(staging)
+                log.info("approved data unchanged since snapshot %s: nothing new published", latest["version"])
+                return {**latest, "published": False}
+            log.warning("the latest snapshot %s is damaged (%s): publishing the same data anew",
+                        latest["version"], "; ".join(problems))
+            notes["republished_over_damaged"] = {"version": latest["version"], "problems": problems}
         state = catalog_state(db_url, sorted(set(kept["lyric_candidate_id"].tolist())))
         manifest = {
             "format": FORMAT, "version": version, "created_at": started.isoformat(),
@@ -222,42 +253,177 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
         for name in write_datasheet(staging, manifest):
             details[name] = _file_entry(staging / name)
         manifest["file_details"] = details
+        manifest["manifest_sha256"] = manifest_content_hash(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         manifest_hash = _file_entry(staging / MANIFEST)["sha256"]
         uri = store.publish(staging, version)
     except BaseException:
         store.discard(staging)
         raise
-    with session_scope(db_url) as session:
-        session.add(SnapshotRecord(version=version, uri=uri, recipe=recipe.to_dict(), counts=counts,
-                                   manifest_sha256=manifest_hash))
+    record_snapshot(db_url, store, version, manifest, manifest_hash)
     log.info("published snapshot %s: %s", version, counts)
     return {"version": version, "path": uri, "counts": counts, "files": files,
             "datasheet": f"{uri}/datasheet.md", "pending_reviews": state["pending_reviews"], "published": True}
 
 
+def _catalog_uri(store: SnapshotStore, version: str) -> str:
+    """What the catalog keeps of where a snapshot is: on a local root only the version (relative to the
+    snapshots root, so a moved state folder still finds it), else the full URL."""
+    return version if store.local else store.uri(version)
+
+
+def record_snapshot(db_url: str, store: SnapshotStore, version: str, manifest: dict, manifest_hash: str) -> bool:
+    """Write a published snapshot into the catalog, once: a second write of the same version is a no-op
+    (returns False)."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session_scope(db_url) as session:
+            if session.scalar(select(SnapshotRecord.id).where(SnapshotRecord.version == version)) is not None:
+                return False
+            session.add(SnapshotRecord(version=version, uri=_catalog_uri(store, version),
+                                       recipe=manifest.get("recipe") or {}, counts=manifest.get("counts") or {},
+                                       manifest_sha256=manifest_hash))
+        return True
+    except IntegrityError:  # another build recorded it at the same moment
+        return False
+
+
+def adopt_published(db_url: str, store: SnapshotStore) -> list[str]:
+    """Snapshots published in the store but missing from the catalog (a build killed between publishing
+    and its catalog write) are recorded now, when whole; returns the versions adopted."""
+    with session_scope(db_url) as session:
+        known = set(session.scalars(select(SnapshotRecord.version)))
+    adopted = []
+    for version in store.versions():
+        if version in known:
+            continue
+        path = store.uri(version)
+        problems = check_snapshot(path)
+        if problems:
+            log.warning("published snapshot %s is not in the catalog and is damaged, left alone: %s", version,
+                        "; ".join(problems))
+            continue
+        fs, root = fsspec.core.url_to_fs(str(path))
+        with fs.open(f"{root.rstrip('/')}/{MANIFEST}", "rb") as handle:
+            data = handle.read()
+        if record_snapshot(db_url, store, version, json.loads(data), hashlib.sha256(data).hexdigest()):
+            log.info("adopted snapshot %s, published by a build that stopped before its catalog write", version)
+            adopted.append(version)
+    return adopted
+
+
+def same_lyric_songs(modeling: dict) -> list[tuple]:
+    """Pairs of songs whose modeling texts are identical or near-identical (the same set of words)."""
+    groups: dict = {}
+    for song, text in modeling.items():
+        if text:
+            groups.setdefault(_lyric_signature(text), []).append(song)
+    return [(members[0], other) for members in groups.values() for other in members[1:]]
+
+
+def _lyric_signature(text: str) -> str:
+    # The set of words: a reordered, repeated or re-punctuated copy of a lyric has the same set.
+    return hashlib.sha256(" ".join(sorted(set(text.split()))).encode()).hexdigest()
+
+
+def check_lyric_leakage(kept: pd.DataFrame, modeling: dict) -> dict:
+    """Fail (SnapshotError) when two songs with identical or near-identical modeling text (the same set
+    of words) sit on different sides of split A (split B holds every song on both sides by design)."""
+    sides = kept.drop_duplicates("song_id").set_index("song_id")["split_a"].to_dict()
+    by_signature: dict = {}
+    for song, side in sides.items():
+        if modeling.get(song):
+            by_signature.setdefault(_lyric_signature(modeling[song]), []).append((song, side))
+    problems = []
+    for members in by_signature.values():
+        if len({side for _, side in members}) > 1:
+            problems.append(" ~ ".join(f"s{song} ({side})" for song, side in members))
+    if problems:
+        raise SnapshotError(f"leakage: {len(problems)} lyric(s) in both train and test of split_a: "
+                            + "; ".join(problems[:5]))
+    return {"result": "no modeling text (or its set of words) in both train and test of split_a",
+            "shared_texts": sum(len(members) > 1 for members in by_signature.values())}
+
+
 # --- listing, showing, comparing ------------------------------------------------------------------
 
-def latest_snapshot(db_url: str) -> dict | None:
+def resolve_uri(uri: str, version: str, snapshots_root: str | os.PathLike | None = None) -> str:
+    """Where a catalog's snapshot is now: a relative entry under ``snapshots_root``; an absolute one as
+    recorded, unless it is gone and the root holds the version (the state folder moved)."""
+    if "://" in uri:
+        return uri
+    if snapshots_root is not None and "://" not in str(snapshots_root):
+        here = Path(snapshots_root) / version
+        if not Path(uri).is_absolute() or (not Path(uri).exists() and here.exists()):
+            return str(here)
+    return uri
+
+
+def _latest_record(db_url: str):
     with session_scope(db_url) as session:
-        record = session.scalar(select(SnapshotRecord).order_by(SnapshotRecord.id.desc()).limit(1))
+        record = session.scalar(select(SnapshotRecord).order_by(SnapshotRecord.version.desc()).limit(1))
         if record is None:
             return None
-        version, uri, counts = record.version, record.uri, record.counts
+        return record.version, record.uri, record.counts, record.manifest_sha256
+
+
+def latest_snapshot(db_url: str, snapshots_root: str | os.PathLike | None = None) -> dict | None:
+    found = _latest_record(db_url)
+    if found is None:
+        return None
+    version, uri, counts, manifest_hash = found
+    uri = resolve_uri(uri, version, snapshots_root)
     manifest = read_manifest(uri)
     files = manifest["files"]
     if files and isinstance(next(iter(files.values())), dict):  # tolerate richer entries
         files = {name: entry["sha256"] for name, entry in files.items()}
     return {"version": version, "path": uri, "counts": counts,
             "files": {name: files[name] for name in DATA_FILES if name in files},
-            "datasheet": f"{uri}/datasheet.md",
+            "datasheet": f"{uri}/datasheet.md", "manifest_sha256": manifest_hash,
             "pending_reviews": manifest["catalog"]["pending_reviews"]}
 
 
-def list_snapshots(db_url: str) -> list[dict]:
+def latest_problems(db_url: str, snapshots_root: str | os.PathLike | None = None) -> list[str]:
+    """What is wrong with the latest snapshot (empty when it is whole), its manifest checked against
+    the catalog's record."""
+    found = _latest_record(db_url)
+    if found is None:
+        return []
+    version, uri, _, manifest_hash = found
+    try:
+        return check_snapshot(resolve_uri(uri, version, snapshots_root), manifest_sha256=manifest_hash)
+    except FileNotFoundError as error:
+        return [str(error)]
+
+
+def list_snapshots(db_url: str, snapshots_root: str | os.PathLike | None = None) -> list[dict]:
     with session_scope(db_url) as session:
-        return [{"version": r.version, "path": r.uri, "counts": r.counts, "created_at": r.created_at.isoformat()}
-                for r in session.scalars(select(SnapshotRecord).order_by(SnapshotRecord.id))]
+        return [{"version": r.version, "path": resolve_uri(r.uri, r.version, snapshots_root), "counts": r.counts,
+                 "created_at": r.created_at.isoformat()}
+                for r in session.scalars(select(SnapshotRecord).order_by(SnapshotRecord.version))]
+
+
+def verify_snapshots(db_url: str, snapshots_root: str | os.PathLike, version: str | None = None) -> list[dict]:
+    """``snapshot verify``: each snapshot of the catalog (or only ``version``) checked whole: manifest
+    against the catalog and itself, files against the manifest, row counts, every Parquet page's CRC.
+    Returns one entry per snapshot: version, path, ok, problems."""
+    with session_scope(db_url) as session:
+        query = select(SnapshotRecord).order_by(SnapshotRecord.version)
+        if version:
+            query = query.where(SnapshotRecord.version == version)
+        records = [(r.version, r.uri, r.manifest_sha256) for r in session.scalars(query)]
+    if version and not records:
+        raise LookupError(f"no snapshot {version!r} in the catalog")
+    report = []
+    for name, uri, manifest_hash in records:
+        path = resolve_uri(uri, name, snapshots_root)
+        try:
+            problems = check_snapshot(path, manifest_sha256=manifest_hash, pages=True)
+        except FileNotFoundError as error:
+            problems = [str(error)]
+        report.append({"version": name, "path": path, "ok": not problems, "problems": problems})
+    return report
 
 
 def show_snapshot(path: str | os.PathLike) -> dict:
@@ -272,25 +438,69 @@ def show_snapshot(path: str | os.PathLike) -> dict:
             "code_version": manifest.get("code_version")}
 
 
-def diff_snapshots(old: str | os.PathLike, new: str | os.PathLike) -> dict:
-    """What changed from snapshot ``old`` to ``new``: per split and part, triplets (posts) added and
-    removed (a post that changed sides counts as removed from one part and added to the other), and
-    songs gained and lost."""
-    columns = ["post_id", "song_id", "split_a", "split_b"]
-    a, b = read_table(old, "triplets", columns), read_table(new, "triplets", columns)
-    out = {"old": read_manifest(old)["version"], "new": read_manifest(new)["version"], "splits": {}}
+CONTENT_COLUMNS = ("source", "external_id", "post_url", "image_sha256", "image_path", "image_phash", "song_id",
+                   "title", "artist", "mood", "favorite_count", "lyric_candidate_id")
+
+
+def diff_snapshots(old: str | os.PathLike, new: str | os.PathLike, *, limit: int = 50) -> dict:
+    """What changed from snapshot ``old`` to ``new``, at content level (both are verified first):
+
+    - per split and part: rows (posts) added, removed, and changed (the same post with other content:
+      image, song, mood, favorites, lyric candidate …); a post that changed sides counts as removed from
+      one part and added to the other;
+    - songs gained and lost; songs whose lyric or modeling text changed;
+    - per split, songs that moved side (train → test or test → train; in split B, songs whose held-out
+      images changed).
+    Id lists are cut at ``limit``; the counts are whole."""
+    a, b = load_snapshot(old), load_snapshot(new)
+    ta, tb = a.triplets.set_index("post_id"), b.triplets.set_index("post_id")
+    common = ta.index.intersection(tb.index)
+    differs = pd.Series(False, index=common)
+    for column in CONTENT_COLUMNS:
+        x, y = ta.loc[common, column].astype(object), tb.loc[common, column].astype(object)
+        differs |= (x != y) & ~(x.isna() & y.isna())
+    changed_posts = set(common[differs.to_numpy()])
+    out = {"old": a.version, "new": b.version, "splits": {}}
     for split in ("split_a", "split_b"):
         for part in ("train", "test"):
-            before = set(a.loc[a[split] == part, "post_id"])
-            after = set(b.loc[b[split] == part, "post_id"])
+            before = set(ta.index[ta[split] == part])
+            after = set(tb.index[tb[split] == part])
+            changed = sorted((before & after) & changed_posts)
             out["splits"][f"{split}_{part}"] = {"old": len(before), "new": len(after),
-                                                "added": len(after - before), "removed": len(before - after)}
-    songs_a, songs_b = set(a["song_id"]), set(b["song_id"])
+                                                "added": len(after - before), "removed": len(before - after),
+                                                "changed": len(changed), "changed_ids": changed[:limit]}
+    songs_a, songs_b = set(ta["song_id"]), set(tb["song_id"])
     gained, lost = sorted(songs_b - songs_a), sorted(songs_a - songs_b)
     out["songs"] = {"old": len(songs_a), "new": len(songs_b), "gained": len(gained), "lost": len(lost),
-                    "gained_ids": gained[:50], "lost_ids": lost[:50]}
-    out["triplets"] = {"old": len(a), "new": len(b), "added": len(set(b["post_id"]) - set(a["post_id"])),
-                       "removed": len(set(a["post_id"]) - set(b["post_id"]))}
+                    "gained_ids": gained[:limit], "lost_ids": lost[:limit]}
+    sa, sb = a.songs.set_index("song_id"), b.songs.set_index("song_id")
+    both = sa.index.intersection(sb.index)
+    text = {}
+    for column in ("lyric", "modeling_text"):
+        differs = sa.loc[both, column].fillna("") != sb.loc[both, column].fillna("")
+        text[column] = sorted(both[differs.to_numpy()])
+    out["songs"].update(lyric_changed=len(text["lyric"]), lyric_changed_ids=text["lyric"][:limit],
+                        modeling_text_changed=len(text["modeling_text"]),
+                        modeling_text_changed_ids=text["modeling_text"][:limit])
+    moved = {}
+    for split in ("split_a", "split_b"):
+        if split == "split_a":
+            side_a = ta.groupby("song_id")[split].agg(lambda v: "test" if (v == "test").any() else "train")
+            side_b = tb.groupby("song_id")[split].agg(lambda v: "test" if (v == "test").any() else "train")
+            keep = side_a.index.intersection(side_b.index)
+            to_test = sorted(keep[((side_a[keep] == "train") & (side_b[keep] == "test")).to_numpy()])
+            to_train = sorted(keep[((side_a[keep] == "test") & (side_b[keep] == "train")).to_numpy()])
+            moved[split] = {"train_to_test": len(to_test), "train_to_test_ids": to_test[:limit],
+                            "test_to_train": len(to_train), "test_to_train_ids": to_train[:limit]}
+        else:
+            held_a = ta[ta[split] == "test"].groupby("song_id")["image_sha256"].agg(frozenset)
+            held_b = tb[tb[split] == "test"].groupby("song_id")["image_sha256"].agg(frozenset)
+            keep = sorted(songs_a & songs_b)
+            other = [s for s in keep if held_a.get(s, frozenset()) != held_b.get(s, frozenset())]
+            moved[split] = {"held_out_images_changed": len(other), "held_out_images_changed_ids": other[:limit]}
+    out["moved"] = moved
+    out["triplets"] = {"old": len(ta), "new": len(tb), "added": len(set(tb.index) - set(ta.index)),
+                       "removed": len(set(ta.index) - set(tb.index)), "changed": len(changed_posts)}
     return out
 
 

@@ -61,9 +61,10 @@ def draw(seed: int, tag: str, keys) -> np.ndarray:
                      for key in keys], dtype=np.uint64)
 
 
-def assign_splits(kept: pd.DataFrame, recipe: Recipe) -> tuple[pd.DataFrame, dict]:
+def assign_splits(kept: pd.DataFrame, recipe: Recipe, linked_songs=()) -> tuple[pd.DataFrame, dict]:
     """Add ``split_a`` and ``split_b`` ("train"/"test") to ``kept`` (one row per post: ``song_id``,
-    ``image_sha256``, ``image_phash``), sorted by song then post. Returns the frame and notes."""
+    ``image_sha256``, ``image_phash``), sorted by song then post. ``linked_songs``: pairs of songs that
+    must sit on one side of split A (the same lyric). Returns the frame and notes."""
     notes: dict = {}
     kept = kept.reset_index(drop=True)
     songs = np.sort(kept["song_id"].unique())
@@ -82,6 +83,10 @@ def assign_splits(kept: pd.DataFrame, recipe: Recipe) -> tuple[pd.DataFrame, dic
     song_index = {song: i for i, song in enumerate(songs)}
     song_rows = kept["song_id"].map(song_index).to_numpy()
     cluster_pairs = np.stack([song_rows[pairs[:, 0]], song_rows[pairs[:, 1]]], axis=1) if len(pairs) else pairs
+    linked = [(song_index[a], song_index[b]) for a, b in linked_songs if a in song_index and b in song_index]
+    if linked:  # songs sharing a lyric are held out together too
+        cluster_pairs = np.concatenate([cluster_pairs.reshape(-1, 2), np.array(linked, dtype=np.int64)])
+        notes["songs_linked_by_lyric"] = len(linked)
     cluster = components(len(songs), cluster_pairs)
     song_draw = draw(recipe.seed, "a", songs)
     clusters = pd.DataFrame({"cluster": cluster, "draw": song_draw}).groupby("cluster").agg(

@@ -39,12 +39,13 @@ def _chosen_lyrics():
 
 
 def _unique_images():
-    """Eligible posts, one per distinct image (the post with the most favorites, then the oldest)."""
+    """Eligible posts, one per distinct image (the post with the most favorites, then the older post)."""
     lyrics = _chosen_lyrics()
     image_rank = func.row_number().over(partition_by=Image.sha256,
-                                        order_by=(Post.favorite_count.desc(), Post.id))
+                                        order_by=(Post.favorite_count.desc(), Post.posted_at.asc().nulls_last(),
+                                                  Post.id))
     eligible = (select(Post.id.label("post_id"), Post.source_id, Post.external_id, Post.url.label("post_url"),
-                       Post.song_id, Post.favorite_count, Post.mood,
+                       Post.song_id, Post.favorite_count, Post.posted_at, Post.mood,
                        Image.sha256.label("image_sha256"), Image.phash.label("image_phash"), Image.content_type,
                        lyrics.c.candidate_id.label("lyric_candidate_id"), image_rank.label("image_rank"))
                 .join(Image, Post.image_id == Image.id)
@@ -57,8 +58,11 @@ def _unique_images():
 def kept_query(recipe: Recipe):
     unique = _unique_images()
     occurrences = func.count().over(partition_by=unique.c.song_id)
+    # Ties in favorites go to the older post by the site's time (posts without one after those with
+    # one), then to the lower post id: the README's rule, whatever order the crawl met the posts in.
     song_rank = func.row_number().over(partition_by=unique.c.song_id,
-                                       order_by=(unique.c.favorite_count.desc(), unique.c.post_id))
+                                       order_by=(unique.c.favorite_count.desc(), unique.c.posted_at.asc().nulls_last(),
+                                                 unique.c.post_id))
     ranked = select(unique, occurrences.label("occurrences"), song_rank.label("song_rank")).subquery("ranked")
     return (select(ranked.c.post_id, Source.name.label("source"), ranked.c.external_id, ranked.c.post_url,
                    ranked.c.song_id, ranked.c.favorite_count, ranked.c.mood,

@@ -2,8 +2,11 @@
 
 Publishing is atomic for readers on both:
 
-- **Local folder**: the snapshot is written into ``<root>/.staging-<version>-<pid>/`` on the same file
-  system and renamed to ``<root>/<version>/`` with one ``os.replace``: the folder appears whole or not at all.
+- **Local folder**: the snapshot is written into ``<root>.staging/<version>-<pid>/``, a sibling of the
+  root on the same file system, so no ``<root>/*/…`` glob (DuckDB's ``snapshots/*/triplets.parquet``)
+  ever reads a half-written file, and renamed to ``<root>/<version>/`` with one ``os.replace``: the
+  folder appears whole or not at all. Leftovers of a killed build (their process is gone) are removed
+  by the next build (``clean_staging``).
 - **Object stores** (S3 and alike) have no rename (a "move" is a copy of every object, then a delete), so
   the commit is the manifest: files are staged on local disk, uploaded under ``<root>/<version>/``
   (a fresh, never-reused prefix) and ``manifest.json`` goes last, in one PUT, which S3 makes visible
@@ -15,7 +18,9 @@ Publishing is atomic for readers on both:
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +29,25 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "manifest.json"
+TEMP_PREFIX = "image2song-snapshot-"
+log = logging.getLogger(__name__)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _staging_pid(name: str) -> int | None:
+    found = re.search(r"-(\d+)(?:-[^-]*)?$", name)
+    return int(found.group(1)) if found else None
 
 
 class SnapshotStore:
@@ -38,14 +62,45 @@ class SnapshotStore:
             return str(Path(self.root) / version)
         return self.fs.unstrip_protocol(f"{self.root}/{version}")
 
+    @property
+    def staging_root(self) -> Path:
+        """Where builds stage their files: beside the root (same file system), never inside it."""
+        if self.local:
+            root = Path(self.root)
+            return root.parent / f"{root.name}.staging"
+        return Path(tempfile.gettempdir())
+
     def staging(self, version: str) -> Path:
         """A fresh local folder to write a snapshot into before publishing it."""
         if self.local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
-            path = Path(self.root) / f".staging-{version}-{os.getpid()}"
+            self.staging_root.mkdir(parents=True, exist_ok=True)
+            path = self.staging_root / f"{version}-{os.getpid()}"
             path.mkdir()
             return path
-        return Path(tempfile.mkdtemp(prefix=f"image2song-snapshot-{version}-"))
+        return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-{os.getpid()}-"))
+
+    def clean_staging(self) -> list[str]:
+        """Remove what killed builds left behind (staging folders whose process is gone), including the
+        old in-root ``.staging-*`` folders; returns their names."""
+        candidates = []
+        if self.local:
+            if self.staging_root.is_dir():
+                candidates += list(self.staging_root.iterdir())
+            if Path(self.root).is_dir():
+                candidates += [p for p in Path(self.root).iterdir() if p.name.startswith(".staging-")]
+        else:
+            candidates += [p for p in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*")]
+        removed = []
+        for path in candidates:
+            pid = _staging_pid(path.name)
+            if pid is not None and _process_alive(pid):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        if removed:
+            log.info("removed %d staging folder(s) left by killed builds: %s", len(removed), ", ".join(removed))
+        return removed
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

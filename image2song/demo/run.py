@@ -27,14 +27,27 @@ def _port(url: str) -> int:
     return urlsplit(url).port or 80
 
 
-def ensure_corpus(settings: Settings, n_posts: int) -> None:
-    from image2song.demo.corpus import build_corpus
+def ensure_corpus(settings: Settings, n_posts: int | None = None, scale: str = "demo") -> None:
+    """Build the demo corpus in the state folder unless it is there already, built the same way."""
+    import json
 
-    marker = settings.demo_corpus / "posts.jsonl"
-    if marker.exists():
+    from image2song.demo.corpus import SCALES, build_corpus
+
+    n_posts = SCALES[scale].n_posts if n_posts is None else n_posts
+    folder = settings.demo_corpus
+    if (folder / "posts.jsonl").exists():
+        info_path = folder / "corpus.json"
+        # corpora built before corpus.json existed were all demo-scale
+        info = json.loads(info_path.read_text()) if info_path.exists() else {"scale": "demo", "n_posts": n_posts}
+        if (info.get("scale"), info.get("n_posts")) != (scale, n_posts):
+            raise RuntimeError(
+                f"the corpus in {folder} was built at scale {info.get('scale')!r} with {info.get('n_posts')} posts, "
+                f"not {scale!r} with {n_posts}: its catalog and snapshots belong to that corpus. Use another "
+                "state folder (IMAGE2SONG_HOME) for another scale, or remove that one."
+            )
         return
-    _say(f"building the demo corpus ({n_posts} posts) in {settings.demo_corpus} …")
-    build_corpus(settings.demo_corpus, seed=settings.seed, n_posts=n_posts)
+    _say(f"building the {scale} corpus ({n_posts} posts) in {folder} …")
+    build_corpus(folder, seed=settings.seed, scale=scale, n_posts=n_posts)
 
 
 @contextmanager
@@ -56,8 +69,8 @@ def demo_world(settings: Settings):
         world.stop()
 
 
-def serve_demo(settings: Settings, n_posts: int = 3000) -> int:
-    ensure_corpus(settings, n_posts)
+def serve_demo(settings: Settings, n_posts: int | None = None, scale: str = "demo") -> int:
+    ensure_corpus(settings, n_posts, scale)
     with demo_world(settings):
         _say("serving until Ctrl-C")
         while True:
@@ -127,7 +140,8 @@ def _wait_asset_run(api, dag_id: str, after: str, timeout: float) -> str:
     raise TimeoutError(f"no asset-triggered {dag_id} run appeared in {timeout:.0f}s")
 
 
-def run_demo(settings: Settings, *, n_posts: int = 3000, test_songs: int = 100, fresh: bool = False) -> int:
+def run_demo(settings: Settings, *, n_posts: int | None = None, scale: str = "demo", test_songs: int = 100,
+             fresh: bool = False) -> int:
     from image2song import stages
     from image2song.airflow_env import AirflowApi, AirflowServices, airflow_command, stop_on_sigterm
 
@@ -140,7 +154,7 @@ def run_demo(settings: Settings, *, n_posts: int = 3000, test_songs: int = 100, 
             if child != corpus:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     settings.home.mkdir(parents=True, exist_ok=True)
-    ensure_corpus(settings, n_posts)
+    ensure_corpus(settings, n_posts, scale)
     _say("preparing the catalog and Airflow's metadata database …")
     stages.migrate(settings)
     airflow_command(settings, ["db", "migrate"], capture=True)
