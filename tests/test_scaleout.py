@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.skipif(
 
 TINY_POSTS = 300
 TEST_SONGS = 4
-EPOCHS = 2
+EPOCHS = 5  # the train DAG's default, which the asset-triggered run uses
 REDIS_DB = 11  # this check's own Redis database; queues are named per run, so parallel runs do not mix
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -178,8 +178,14 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
             "GET", f"/dags/refresh/dagRuns/{refresh_id}/taskInstances")["task_instances"]}
         assert tries["fetch_images"] >= 2, tries  # the killed try failed, a retry finished the shard
 
-        # train, with the scheduler killed (and restarted by the supervisor) mid-run.
-        train_id = api.trigger("train", {"epochs": EPOCHS})
+        # train, triggered by the snapshot's Asset, with the scheduler killed (and restarted by the
+        # supervisor) mid-run.
+        api.unpause("train")
+        deadline = time.monotonic() + 180
+        while not (runs := [r for r in api.runs("train") if r["run_type"] == "asset_triggered"]):
+            assert time.monotonic() < deadline, "the snapshot Asset triggered no train run"
+            time.sleep(2)
+        train_id = runs[0]["dag_run_id"]
         scheduler_killed = []
 
         def kill_scheduler(states):
@@ -187,7 +193,6 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
                 services.kill("scheduler", signal.SIGKILL)
                 scheduler_killed.append(True)
 
-        api.unpause("train")
         train = _wait(api, services, "train", train_id, 1200, kill_scheduler)
         assert scheduler_killed and services.restarts.get("scheduler", 0) >= 1
         assert train["state"] == "success", api.task_states("train", train_id)
