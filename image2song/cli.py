@@ -279,10 +279,61 @@ def cmd_airflow(args, settings: Settings) -> int:
         from image2song.demo.run import serve_airflow_ui
 
         return serve_airflow_ui(settings)
+    if args.airflow_args[:1] == ["cluster"]:
+        return _airflow_cluster(args.airflow_args[1:], settings)
+    if args.airflow_args[:1] == ["alerts"]:
+        from curation.alerts import recent_alerts
+
+        stages.migrate(settings)
+        for alert in reversed(recent_alerts(settings.db_url)):
+            print(f"{alert['at'][:19]}  {alert['kind']:<16} {alert['message']}")
+        return 0
     if args.airflow_args[:1] in (["standalone"], ["scheduler"]):  # it will run tasks: their pools must exist
         airflow_command(settings, ["db", "migrate"], capture=True)
         ensure_pools(settings)
     return airflow_command(settings, args.airflow_args, check=False).returncode
+
+
+def _airflow_cluster(argv: list[str], settings: Settings) -> int:
+    import os
+
+    from image2song.airflow_env import AirflowServices, cluster_environment, stop_on_sigterm
+
+    parser = argparse.ArgumentParser(
+        prog="image2song airflow cluster",
+        description="Start Airflow's scale-out deployment on this host: api-server, scheduler, dag-processor, "
+        "triggerer and N Celery workers, with Airflow's metadata on PostgreSQL and a Redis broker; restart "
+        "what dies; Ctrl-C or SIGTERM stops them all. Needs AIRFLOW__DATABASE__SQL_ALCHEMY_CONN "
+        "(postgresql+psycopg://…) and IMAGE2SONG_AIRFLOW_ADMIN_PASSWORD; the catalog (IMAGE2SONG_DB_URL) "
+        "and the object store should be shared too (see README, Operations).")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers to start here (default 2; 0: none)")
+    from image2song.safeguards import GPU_QUEUE
+
+    queues = f"{os.environ.get('AIRFLOW__OPERATORS__DEFAULT_QUEUE', 'default')},{GPU_QUEUE}"
+    parser.add_argument("--queues", default=queues, help=f"queues the workers take (default {queues}; "
+                        f"GPU hosts: {GPU_QUEUE})")
+    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker (default 2)")
+    parser.add_argument("--broker", default=os.environ.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0"),
+                        help="Celery broker (default AIRFLOW__CELERY__BROKER_URL or redis://127.0.0.1:6379/0)")
+    parser.add_argument("--only-workers", action="store_true", help="start only the workers (another host runs "
+                        "the rest)")
+    options = parser.parse_args(argv)
+    metadata = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    env = cluster_environment(settings, metadata_url=metadata, broker_url=options.broker)
+    stop_on_sigterm()
+    airflow_command(settings, ["db", "migrate"], capture=True, env=env)
+    services = AirflowServices(settings, env=env, workers=options.workers, queues=options.queues,
+                               concurrency=options.concurrency)
+    if options.only_workers:
+        services.commands = {n: c for n, c in services.commands.items() if n.startswith("worker-")}
+    try:
+        with services:
+            print(f"Airflow cluster up on {services.url} ({len(services.commands)} components, logs in "
+                  f"{services.log_dir}); Ctrl-C stops it", flush=True)
+            services.supervise()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,9 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("db", cmd_db, "create or upgrade the catalog (SQLite by default, IMAGE2SONG_DB_URL for PostgreSQL)")
     p.add_argument("action", choices=["upgrade", "current"])
 
-    p = add("airflow", cmd_airflow, "run Airflow with the project's configuration (`image2song airflow ui` "
-            "starts the web UI, scheduler and the demo world)")
-    p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments for the `airflow` command, or `ui`")
+    p = add("airflow", cmd_airflow, "run Airflow with the project's configuration",
+            "`image2song airflow ui`: the web UI, scheduler, dag-processor and triggerer on 127.0.0.1 (embedded "
+            "default), with the demo world. `image2song airflow cluster --help`: the scale-out deployment "
+            "(PostgreSQL, Celery, Redis). `image2song airflow alerts`: recent failure and deadline alerts. "
+            "Anything else is passed to the `airflow` command with the project's environment. Every one of "
+            "them stops all its children on Ctrl-C or SIGTERM.")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER,
+                   help="`ui`, `cluster …`, `alerts`, or arguments for the `airflow` command")
     return parser
 
 
@@ -452,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args, Settings.from_env())
+    except stages.StageFailed as error:  # what succeeded is stored; the failed records are tried next run
+        print(f"image2song: {error}", file=sys.stderr)
+        return 1
     except (LookupError, FileNotFoundError, ValueError) as error:
         print(f"image2song: {error}", file=sys.stderr)
         return 2

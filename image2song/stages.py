@@ -13,6 +13,95 @@ from image2song.settings import Settings
 
 log = logging.getLogger("image2song")
 
+# A stage fails only past its threshold AND past this many failures: a handful of flaky records are
+# retried by the next run instead of failing every run.
+MIN_FAILURES_TO_FAIL = 5
+
+
+class StageFailed(RuntimeError):
+    """A stage whose failure rate crossed its threshold: the task fails (and is retried by Airflow),
+    and the run never reaches ``build_snapshot``. What succeeded is kept; failed records stay marked
+    on their rows and are tried again."""
+
+    def __init__(self, stage: str, message: str, counts: dict):
+        super().__init__(message)
+        self.stage, self.counts = stage, counts
+
+
+def _cause(service: str, failures: list) -> str:
+    """Name what went wrong from the recorded reasons: the service unreachable, erroring, or else the
+    most common reason."""
+    from collections import Counter
+
+    reasons = [str(reason) for _, reason in failures]
+    if not reasons:
+        return f"{service} failed"
+    if sum(r.startswith("object store") for r in reasons) * 2 > len(reasons):
+        return "object store unavailable"
+    unreachable = ("Connection", "connection", "unreachable", "Timeout", "timed out", "Max retries", "refused",
+                   "NotADirectory", "FileNotFound", "PermissionError", "No such file")
+    if sum(any(word in r for word in unreachable) for r in reasons) * 2 > len(reasons):
+        return f"{service} unreachable"
+    if sum(r.startswith("HTTP 5") or " HTTP 5" in r for r in reasons) * 2 > len(reasons):
+        return f"{service} answered with server errors"
+    common, _ = Counter(r.split(":", 1)[0][:80] for r in reasons).most_common(1)[0]
+    return f"{service}: {common}"
+
+
+def gives_up(max_rate: float):
+    """``(failed, total) -> bool``: true once the stage will fail whatever the rest does, so that a stage
+    stops asking a service that is down instead of waiting out every request's retries."""
+    return lambda failed, total: failed >= MIN_FAILURES_TO_FAIL and failed > max_rate * total
+
+
+def check_failures(stage: str, counts: dict, max_rate: float, *, service: str, unit: str) -> dict:
+    """Raise ``StageFailed`` when ``counts["failed"]`` of ``counts["attempted"]`` is past ``max_rate``
+    (and at least ``MIN_FAILURES_TO_FAIL``); else log and return ``counts`` with the rate added."""
+    attempted, failed = counts["attempted"], counts["failed"]
+    counts["failure_rate"] = round(failed / attempted, 4) if attempted else 0.0
+    if failed:
+        worst = "; ".join(f"{key}: {reason}" for key, reason in counts.get("failures", [])[:3])
+        summary = (f"{_cause(service, counts.get('failures', []))}: {failed:,} of {attempted:,} {unit} failed "
+                   f"({counts['failure_rate']:.1%}, threshold {max_rate:.0%})")
+        if counts.get("given_up"):
+            summary += f"; gave up on the {counts['given_up']:,} not tried yet"
+        if counts["failure_rate"] > max_rate and failed >= MIN_FAILURES_TO_FAIL:
+            raise StageFailed(stage, f"{stage}: {summary}; first: {worst}", counts)
+        log.warning("%s: %s, under the threshold: they are tried again next run; first: %s", stage, summary, worst)
+    return counts
+
+
+def _progress(total: int | None, desc: str, unit: str):
+    """A progress bar on a terminal; elsewhere (an Airflow task's log) an INFO line now and then."""
+    import sys
+
+    from tqdm import tqdm
+
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, mininterval=2)
+    return _LoggedProgress(total, desc, unit)
+
+
+class _LoggedProgress:
+    def __init__(self, total: int | None, desc: str, unit: str, every: float = 15.0):
+        import time
+
+        self.total, self.desc, self.unit, self.every, self.n = total, desc, unit, every, 0
+        self.clock = time.monotonic
+        self.last = self.clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.clock() - self.last >= self.every:
+            self.last = self.clock()
+            log.info("%s: %s %s", self.desc, f"{self.n:,}/{self.total:,}" if self.total else f"{self.n:,}", self.unit)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        log.info("%s: %s %s done", self.desc, f"{self.n:,}", self.unit)
+
 
 def _client(settings: Settings, **options):
     """The one HTTP client of a stage: the operator's contact in its User-Agent, the egress policy's
@@ -58,20 +147,20 @@ def crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | 
     ``discover=False``; the walk is bounded by ``max_pages`` and ``max_depth``). Outcomes are recorded
     as they complete, a small batch of posts and their URLs' states per transaction: resumable after a
     kill. Returns ``attempted``, ``failed``, ``failures`` and other counts."""
-    from tqdm import tqdm
-
     from crawlers.sources import crawl_posts
     from curation.crawl_store import CatalogCrawlState, ensure_source
 
     name, post_source = _post_source(settings, source)
     source_id = ensure_source(settings.db_url, name, post_source.kind, post_source.base_url)
     state = CatalogCrawlState(settings.db_url, source_id, shard=shard, shards=shards)
-    with tqdm(desc=f"posts {shard + 1}/{shards}", unit="post", mininterval=2) as bar:
+    max_rate = settings.failure_threshold("crawl_posts")
+    with _progress(None, f"posts {shard + 1}/{shards}", "posts") as bar:
         counts = crawl_posts(post_source, _client(settings), state, discover=discover, max_pages=max_pages,
-                             max_depth=max_depth, workers=workers, progress=bar.update)
+                             max_depth=max_depth, workers=workers, progress=bar.update, give_up=gives_up(max_rate))
     counts["crawl_state"] = state.counts()
-    log.info("crawl: %s", counts)
-    return counts
+    log.info("crawl: %s", {k: v for k, v in counts.items() if k != "failures"})
+    return check_failures("crawl_posts", counts, max_rate,
+                          service=f"post source {post_source.base_url}", unit="post pages")
 
 
 def plan_crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | None = None,
@@ -106,8 +195,6 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
     ``failed`` and ``failures`` (the first ten (url, reason))."""
     import functools
 
-    from tqdm import tqdm
-
     from crawlers.image_pipeline import fetch_images as run
     from crawlers.images import ImageOptions
     from curation.crawl_store import file_import_roots, image_tasks, kept_images, record_images
@@ -122,16 +209,41 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
         except FileNotFoundError:
             pass
 
-    with tqdm(total=len(tasks), desc=f"images {shard + 1}/{shards}", unit="img", mininterval=2) as bar:
+    failures: list[tuple[str, str]] = []
+
+    def sink(results: list) -> None:
+        record_images(settings.db_url, results)  # errors are kept on their rows (and retried next run)
+        failures.extend((r.url, r.error) for r in results if r.status == "error" and len(failures) < 10)
+
+    with _progress(len(tasks), f"images {shard + 1}/{shards}", "images") as bar:
         pace = {} if min_delay is None else {"min_delay": min_delay}
         counts = run(tasks, client=_client(settings, per_host=per_host, **pace),
-                     store_factory=functools.partial(ObjectStore, settings.object_store),
-                     sink=functools.partial(record_images, settings.db_url),
+                     store_factory=functools.partial(ObjectStore, settings.object_store), sink=sink,
                      options=ImageOptions(resize=resize, quality=quality),
                      near_duplicate_bits=near_duplicate_bits, known=kept_images(settings.db_url) if tasks else (),
                      discard=discard, processes=processes, threads=workers, progress=bar.update,
                      local_roots=file_import_roots(settings.db_url))
     log.info("images: %s", counts)
+    # Rejected (not an image, gone for good) and disallowed images are verdicts, not failures; deferred
+    # ones (robots.txt unavailable) wait for the next run.
+    result = {"stored": counts["stored"] + counts["duplicate"], "rejected": counts["rejected"] + counts["disallowed"],
+              "attempted": counts["attempted"], "failed": counts["error"], "deferred": counts["deferred"],
+              "failures": failures}
+    return check_failures("fetch_images", result, settings.failure_threshold("fetch_images"),
+                          service="image hosts", unit="images")
+
+
+def reconcile_objects(settings: Settings) -> dict:
+    """After the image shards (never beside one): delete blobs no catalog row refers to, re-queue images
+    whose blob is missing. A retried or killed ``fetch_images`` leaves nothing behind once this ran."""
+    from curation.crawl_store import reconcile_objects as reconcile
+    from curation.object_store import ObjectStore
+
+    counts = reconcile(settings.db_url, ObjectStore(settings.object_store))
+    log.info("object store reconciled with the catalog: %s", counts)
+    return counts
+
+
     return {"stored": counts["stored"] + counts["duplicate"], "attempted": counts["attempted"],
             "failed": counts["error"] + counts["rejected"] + counts["disallowed"],
             "deferred": counts["deferred"], "failures": counts["failures"]}
@@ -146,12 +258,11 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
     per-song ``deadline``) or any other error is stored on that song's candidate; after ``max_attempts``
     failed runs the song goes to a curator ("provider error: …"). Returns ``attempted``, ``failed`` and
     ``failures`` (the first ten (song, reason)) beside the counts."""
-    from tqdm import tqdm
-
     from crawlers.lyrics import CachedProvider, LrclibProvider
     from curation.crawl_store import LYRIC_ATTEMPTS, songs_without_lyrics, store_lyric, store_lyric_failure
     from curation.lyrics.cache import CatalogLyricCache
 
+    service = f"lyric provider {provider.name}" if provider else f"lyric API {settings.lyrics_url}"
     max_attempts = max_attempts or LYRIC_ATTEMPTS
     if provider is None:
         # Short read timeouts and few retries: the per-song deadline, not the client, bounds a stall.
@@ -171,12 +282,16 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
         except Exception as error:  # noqa: BLE001 - whatever one song raises is stored on that song
             return song, None, False, f"{type(error).__name__}: {error}"
 
-    found = missing = 0
+    found = missing = sent_to_review = asked = 0
     failures: list[tuple[str, str]] = []
-    sent_to_review = 0
-    with ThreadPoolExecutor(workers) as pool:
-        for song, hit, cached, error in tqdm(pool.map(one, songs), total=len(songs), desc="lyrics", unit="song",
-                                             mininterval=2):
+    max_rate = settings.failure_threshold("fetch_lyrics")
+    give_up = gives_up(max_rate)
+    with ThreadPoolExecutor(workers) as pool, _progress(len(songs), "lyrics", "songs") as bar:
+        futures = [pool.submit(one, song) for song in songs]
+        for future in futures:
+            song, hit, cached, error = future.result()
+            asked += 1
+            bar.update(1)
             if error is None:
                 try:
                     if not cached:
@@ -189,14 +304,18 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
             failures.append((f"song {song['id']} {song['title']!r}", error[:300]))
             verdict = store_lyric_failure(settings.db_url, song["id"], provider.name, error, max_attempts)
             sent_to_review += verdict == "review"
-            log.warning("lyrics for song %s %r: %s", song["id"], song["title"], error)
-    counts = {"songs": len(songs), "attempted": len(songs), "found": found, "not_found": missing,
+            log.debug("lyrics for song %s %r: %s", song["id"], song["title"], error)
+            if give_up(len(failures), len(songs)):  # the stage fails whatever the rest does: stop asking
+                for rest in futures:
+                    rest.cancel()
+                break
+    counts = {"songs": len(songs), "attempted": asked, "found": found, "not_found": missing,
               "failed": len(failures), "errors": len(failures), "failures": failures[:10],
-              "provider_errors_to_review": sent_to_review}
+              "provider_errors_to_review": sent_to_review, "given_up": len(songs) - asked}
     if cache:
         counts.update(cache_hits=provider.hits, cache_misses=provider.misses)
     log.info("lyrics fetched: %s", {k: v for k, v in counts.items() if k != "failures"})
-    return counts
+    return check_failures("fetch_lyrics", counts, max_rate, service=service, unit="songs")
 
 
 def filter_lyrics(settings: Settings, config=None) -> dict:
