@@ -13,6 +13,7 @@ finishes it per (image, song) pair (``song_pairs``).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def score_matrix(module: JointModule, songs: Any, n_songs: int, probs: np.ndarra
                  song_batch: int = 128, pair_batch: int = 8192) -> np.ndarray:
     """Cosine similarity [I, S] between images (tag probs) and the first ``n_songs`` prepared songs."""
     module.eval()
-    dev = device or next(module.buffers(), torch.zeros(0)).device
+    dev = device or next(itertools.chain(module.parameters(), module.buffers()), torch.zeros(0)).device
     p = torch.as_tensor(np.asarray(probs, dtype=np.float32), device=dev)
     n_img = p.shape[0]
     out = np.zeros((n_img, n_songs), dtype=np.float32)

@@ -25,14 +25,13 @@ class SemanticIndexingModule(JointModule):
         self.words = nn.EmbeddingBag(n_words, dim, mode="sum")
         self.tags = nn.Linear(n_tags, dim, bias=False)
         nn.init.normal_(self.words.weight, std=0.1)
-        self.register_buffer("_device_probe", torch.zeros(0))
 
     def image_side(self, probs):
         return self.tags(self.image_space.torch_transform(probs))
 
     def song_context(self, songs, rows):
         bags = [songs[i] for i in rows.tolist()]
-        dev = self._device_probe.device
+        dev = self.tags.weight.device
         ids = torch.tensor([w for b in bags for w, _ in b], dtype=torch.long, device=dev)
         weights = torch.tensor([x for b in bags for _, x in b], dtype=torch.float32, device=dev)
         offsets = torch.tensor([0] + list(np.cumsum([len(b) for b in bags])[:-1]), dtype=torch.long, device=dev)
