@@ -165,6 +165,10 @@ def test_permuted_lyrics_sit_at_chance_and_the_real_model_above(paper_and_permut
 
 
 # ------------------------------------------------------------------ stages, run folders, reports
+def first_key(home, snap) -> str:
+    return next((home / "runs" / snap.name).iterdir()).name
+
+
 def test_stages_train_evaluate_report_every_model(task, tmp_path):
     from image2song import stages
     from image2song.settings import Settings
@@ -180,6 +184,9 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
     b = evaluations[1]["models"]
     assert set(b) == {"paper", "permuted", "attentive-reader", "psi", "minilm", "conse", "control", "popularity", "hybrid"}
     assert evaluations[0]["models"]["control"] == {"not_applicable": "no test song has training images in split A"}
+    training = json.loads((tmp_path / "runs" / snap.name / first_key(tmp_path, snap) / "imagenet" / "split-b" / "training.json").read_text())
+    lyric = {n: r["best_validation_mrr"] for n, r in training["models"].items() if n in ("paper", "attentive-reader", "psi", "minilm")}
+    assert training["models"]["hybrid"]["lyric_model"] == max(lyric, key=lyric.get)  # the best lyric model on validation
     for d in ("image_to_song", "song_to_image"):
         m = b["hybrid"][d]
         assert set(m["ci95"]) == set(m["model"]) and set(m["chance"]) == set(m["model"])

@@ -229,6 +229,7 @@ def evaluate_models(run_dir: str | os.PathLike, *, device: str = "auto", ks: Seq
     evaluation = {"split": data.split, "vocabulary": data.vocabulary, "n_images": len(ts.image_sha256),
                   "n_songs": len(ts.song_ids), "n_untagged": data.n_untagged, "config": cfg,
                   "hybrid_weight": training["models"].get("hybrid", {}).get("weight"),
+                  "hybrid_lyric_model": training["models"].get("hybrid", {}).get("lyric_model"),
                   "training": {k: {kk: v.get(kk) for kk in ("best_epoch", "best_validation_mrr", "seconds", "loss")}
                                for k, v in training["models"].items() if "history" in v},
                   "models": results, "seconds": round(time.perf_counter() - t0, 2)}

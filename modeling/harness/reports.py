@@ -59,7 +59,8 @@ def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> lis
     for e in evaluations:
         lines += [f"## Tags {e['vocabulary']}, split {e['split'].upper()}", "",
                   f"{e['n_images']} test images, {e['n_songs']} test songs"
-                  + (f"; hybrid weight on the lyrics {e['hybrid_weight']:.2f} (fitted on validation)" if e.get("hybrid_weight") is not None else "")
+                  + (f"; the hybrid fuses {LABELS.get(e.get('hybrid_lyric_model'), e.get('hybrid_lyric_model'))} (weight "
+                     f"{e['hybrid_weight']:.2f}) with the control, both chosen on validation" if e.get("hybrid_weight") is not None else "")
                   + ".", ""]
         for key, title in DIRECTIONS:
             first = next((r[key] for r in e["models"].values() if key in r), None)

@@ -6,7 +6,9 @@
   lyric of the snapshot, optional tag attention, MLP into tag space;
 - ``permuted``: the same model trained with the lyrics permuted among the training songs (a derangement)
   and evaluated with the true lyrics: the control that must sit at chance;
-- the baselines (``models.baselines``) and the ``hybrid`` (its weight fitted on the validation part).
+- the baselines (``models.baselines``) and the ``hybrid``: the lyric model (of those trained: the paper's,
+  the Attentive Reader, PSI, MiniLM) with the best validation MRR fused with the lyric-free control, the
+  weight fitted on the validation part.
 
 The loop (``fit_joint``) is shared by every trainable model: RMSprop, mini-batches of ``batch_size``
 (100, the paper) pairs, gradient-norm clipping at 5, at most ``epochs`` epochs with early stopping on
@@ -269,12 +271,14 @@ def train_models(
     if "popularity" in models:
         fitted["popularity"] = PopularityScorer.build(data.posts["song_id"].tolist(), data.posts["favorite_count"].fillna(0).tolist())
     if "hybrid" in models:
+        # The lyric side: the trained lyric model with the best validation MRR (the permuted control aside).
+        lyric = max((n for n in LYRIC_MODELS if n in fitted), key=lambda n: results[n]["best_validation_mrr"])
         train_history = ImageHistoryControl.build(data.train.probs, data.train.song_ids, space)
-        lyric_val = fitted["paper"].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
+        lyric_val = fitted[lyric].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
         control_val = train_history.score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
         weight, grid = fit_weight(lyric_val, control_val, lambda s: mean_reciprocal_rank(s, val_ts.relevant))
-        fitted["hybrid"] = HybridScorer(fitted["paper"], fitted["control"], weight)
-        results["hybrid"] = {"weight": weight, "validation_mrr_by_weight": grid}
+        fitted["hybrid"] = HybridScorer(fitted[lyric], fitted["control"], weight)
+        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "validation_mrr_by_weight": grid}
     paths = {}
     for name in models:
         paths[name] = str(save_scorer(fitted[name], out_dir / f"{name}.pt"))

@@ -1,7 +1,8 @@
 """Beyond the paper: fuse the lyric model with the song's image history.
 
 ``score = w * z(lyric) + (1 - w) * z(control)``, where ``z`` standardises each image's scores over the
-candidate songs and ``control`` is the lyric-free control (cosine to the mean tag vector of the song's
+candidate songs, ``lyric`` is a lyric model (the harness takes the one with the best validation score)
+and ``control`` is the lyric-free control (cosine to the mean tag vector of the song's
 training images). A song without training images (a new song, split A) has no control score and is
 scored by ``z(lyric)`` alone. ``w`` is fitted on the validation part of train (``fit_weight``)."""
 
