@@ -172,8 +172,8 @@ def test_hybrid_fuses_standardised_scores_and_falls_back_to_lyrics():
     fused = fuse(lyric, control, 0.5)
     zl, zc = rowwise_standardize(lyric), rowwise_standardize(control[:, :2])
     np.testing.assert_allclose(fused[:, :2], 0.5 * zl[:, :2] + 0.5 * zc)
-    np.testing.assert_allclose(fused[:, 2], zl[:, 2])  # a song without images: lyrics alone
-    np.testing.assert_allclose(fuse(lyric, np.full_like(control, np.nan), 0.3), zl)
+    np.testing.assert_allclose(fused[:, 2], 0.5 * zl[:, 2])  # a song without images: lyrics alone, control term 0
+    np.testing.assert_allclose(fuse(lyric, np.full_like(control, np.nan), 0.3), zl)  # all new: the lyric ranking
     # The weight is the one that maximises the objective on validation.
     relevant = np.array([[False, True, False], [True, False, False]])
     w, grid = fit_weight(lyric, control, lambda s: float((s[relevant] - s[~relevant].reshape(2, 2).max(1)).mean()))

@@ -3,8 +3,9 @@
 ``score = w * z(lyric) + (1 - w) * z(control)``, where ``z`` standardises each image's scores over the
 candidate songs, ``lyric`` is a lyric model (the harness takes the one with the best validation score)
 and ``control`` is the lyric-free control (cosine to the mean tag vector of the song's
-training images). A song without training images (a new song, split A) has no control score and is
-scored by ``z(lyric)`` alone. ``w`` is fitted on the validation part of train (``fit_weight``)."""
+training images). A song without training images (a new song, split A) has no control score: its control
+term is the average, 0, so it is scored by ``w * z(lyric)``, the lyrics alone (where every song is new the
+ranking is the lyric model's; beside songs with a history, a new song needs stronger lyric evidence). ``w`` is fitted on the validation part of train (``fit_weight``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def fuse(lyric: np.ndarray, control: np.ndarray, weight: float) -> np.ndarray:
     zc = np.zeros_like(zl)
     if cols.any():
         zc[:, cols] = rowwise_standardize(c[:, cols])
-    return np.where(cols[None, :], weight * zl + (1.0 - weight) * zc, zl)
+    # A song without history has no control evidence: its control term is the average, 0.
+    return np.where(cols[None, :], weight * zl + (1.0 - weight) * zc, weight * zl)
 
 
 def fit_weight(lyric: np.ndarray, control: np.ndarray, objective: Callable[[np.ndarray], float]) -> tuple[float, dict]:
