@@ -43,7 +43,7 @@ def test_every_stage_in_process(tmp_path):
         assert crawled["new_posts"] == visible
         assert crawled["crawl_state"]["post:disallowed"] == TINY_POSTS - visible  # robots.txt obeyed
         images = stages.fetch_images(settings)
-        assert (images["stored"], images["attempted"], images["failed"]) == (visible, visible, 0)
+        assert (images["stored"], images["failed"], images["rejected"]) == (visible, 0, 0)
         lyrics = stages.fetch_lyrics(settings)
         assert lyrics["errors"] == 0 and lyrics["not_found"] > 0
         verdicts = stages.filter_lyrics(settings)
@@ -62,11 +62,13 @@ def test_every_stage_in_process(tmp_path):
     tags = stages.extract_tags(settings, snapshot["path"])
     results = []
     for split in ("a", "b"):
-        model = stages.train(settings, snapshot["path"], tags["tags_path"], split=split, epochs=2)
-        results.append(stages.evaluate(settings, model["model_dir"], snapshot["path"], tags["tags_path"]))
+        model = stages.train(settings, snapshot["path"], tags["tags_paths"], split=split, vocabulary="imagenet",
+                             params={"epochs": 2})
+        results.append(stages.evaluate(settings, model["experiment_dir"]))
     report = stages.report(settings, results, snapshot["path"])
     text = open(report["report"]).read()
-    assert "| A |" in text and "| B |" in text and "chance" in text
+    assert "split A" in text and "split B" in text and "*chance*" in text and "lyric-free control" in text
+    assert "| A |" in report["table"] and "| B |" in report["table"]
 
 
 def test_demo_runs_both_dags_under_the_airflow_scheduler(tmp_path):

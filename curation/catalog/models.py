@@ -179,6 +179,7 @@ class ReviewItem(Base):
     decided_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     overlap: Mapped[int | None]  # independent decisions wanted (null: one); see ReviewAssignment
+    comment: Mapped[str | None] = mapped_column(Text)  # an admin's note when settling or deciding outright
     candidate: Mapped[LyricCandidate] = relationship()
     __table_args__ = (Index("ix_review_items_queue", "state", "priority"),)
 
@@ -216,11 +217,17 @@ class ReviewAssignment(Base):
     corrected_text: Mapped[str | None] = mapped_column(Text)
     claimed_at: Mapped[datetime | None]
     submitted_at: Mapped[datetime | None]
+    comment: Mapped[str | None] = mapped_column(Text)  # the curator's note on the decision
+    # Who last gave the open slot back, and how: "released" (left the page, logged out; it comes back
+    # to her first) or "skipped" (it goes to someone else first).
+    left_by: Mapped[str | None] = mapped_column(String(100))
+    left_how: Mapped[str | None] = mapped_column(String(20))
     __table_args__ = (
         UniqueConstraint("item_id", "slot", name="uq_review_assignments_item_slot"),
         UniqueConstraint("lease_token", name="uq_review_assignments_token"),
         Index("ix_review_assignments_claim", "state", "priority", "id"),
         Index("ix_review_assignments_owner", "lease_owner", "state"),
+        Index("ix_review_assignments_left", "left_by", "state"),
     )
 
 
@@ -236,6 +243,19 @@ class Curator(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ReviewSession(Base):
+    """A logged-in browser: the cookie carries a random id, the catalog keeps its hash, so ending a
+    session (logout, password change, disabled account, "log out everywhere") is deleting rows."""
+
+    __tablename__ = "review_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    curator: Mapped[str] = mapped_column(String(100), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
 class SnapshotRecord(Base):
     """A published snapshot: where it is and what it holds."""
 
@@ -247,3 +267,21 @@ class SnapshotRecord(Base):
     counts: Mapped[dict] = mapped_column(default=dict)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunAlert(Base):
+    """An operator alert from Airflow: a task that failed for good, or a run past its deadline. The
+    failure callbacks write it (and the log line); chat or e-mail hooks read the same record."""
+
+    __tablename__ = "run_alerts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))  # task_failed | deadline_missed
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int | None]
+    try_number: Mapped[int | None]
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_run_alerts_dag_run", "dag_id", "run_id"),)
