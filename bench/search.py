@@ -151,6 +151,10 @@ def _positions(ids: list[list[str]]) -> np.ndarray:
     return np.array([[int(i) for i in row] for row in ids])
 
 
+def _rate(qps: float) -> str:
+    return f"{qps:,.0f}" if qps >= 10 else f"{qps:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000], help="library sizes (songs)")
@@ -186,7 +190,7 @@ def main() -> None:
             name = "exact (flat)" if kind == "exact" else f"IVF {r['nlist']} lists, nprobe {r['nprobe']}"
             recall = "1 (the reference)" if kind == "exact" else f"{r['recall@10_ivf_vs_exact']:.4f}"
             print(f"| {r['songs']:,} | {name} | {build:.1f} s | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms (n={d['n']}) | "
-                  f"{d['cpu_p50_ms']:.2f} / {d['cpu_p99_ms']:.2f} ms | {d['qps_one_thread']:,.0f} | {d['qps_batch']:,.0f} | {recall} |")
+                  f"{d['cpu_p50_ms']:.2f} / {d['cpu_p99_ms']:.2f} ms | {_rate(d['qps_one_thread'])} | {_rate(d['qps_batch'])} | {recall} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory {peak:,.0f} MiB; load average {os.getloadavg()[0]:.1f} at the end")
 

@@ -185,6 +185,13 @@ def test_search_index_is_kept_beside_the_model(trained, monkeypatch):
     assert again.songs_for_image(probs) == first.songs_for_image(probs)
     with pytest.raises(AssertionError, match="rebuilt"):
         SongSearch(root / "model", snap, tags, kind="exact", rebuild=True)
+    # an index of other vectors (a model retrained in the same folder) is not reused
+    meta_path = root / "model" / "search" / f"{snap.name}-exact" / "songs" / "index.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["vectors_sha1"] = "0" * 40
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AssertionError, match="rebuilt"):
+        SongSearch(root / "model", snap, tags, kind="exact")
 
 
 def test_images_for_a_song(trained):

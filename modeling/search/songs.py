@@ -14,6 +14,7 @@ of the image that the song's lyric points to most.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ class SongSearch:
                  *, kind: str = "auto", tagger=None, device: str = "cpu", rebuild: bool = False):
         from curation.snapshots.reader import load_snapshot
         from modeling.models import load_scorer
+        from modeling.tags import load_tags
 
         self.model = load_scorer(model_dir, device=device)
         self.tag_names = list(self.model.tag_names)
@@ -59,8 +61,6 @@ class SongSearch:
         self.songs = songs[["song_id", "title", "artist"]].astype({"song_id": str})
         self._song_row = {sid: i for i, sid in enumerate(self.songs.song_id)}
         self._texts = songs["modeling_text"].fillna("").tolist()
-        from modeling.tags import load_tags
-
         names, probs, shas = load_tags(tags_path)
         if list(names) != self.tag_names:
             raise ValueError(f"{tags_path} has other tags ({len(names)}) than the model was trained with "
@@ -85,14 +85,17 @@ class SongSearch:
 
     @staticmethod
     def _index(folder: Path, vectors, ids, queries, kind: str, rebuild: bool) -> VectorIndex:
+        # the vectors themselves, not only the ids: a model retrained in the same folder gives new ones
+        digest = hashlib.sha1(np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()
         if folder.exists() and not rebuild:
             index = VectorIndex.load(folder)
-            if len(index) == len(vectors) and list(index.ids) == [str(i) for i in ids]:
+            if index.params.get("vectors_sha1") == digest and list(index.ids) == [str(i) for i in ids]:
                 return index
             log.info("search index %s is out of date: rebuilding", folder)
         rng = np.random.default_rng(0)
         sample = queries[rng.choice(len(queries), size=min(CALIBRATION_QUERIES, len(queries)), replace=False)]
         index = VectorIndex.build(vectors, ids, kind=kind, calibration_queries=sample if len(sample) else None)
+        index.params["vectors_sha1"] = digest
         index.save(folder)
         log.info("search index: %d vectors (%s) saved in %s", len(index), index.kind, folder)
         return index
