@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEBIAN_PACKAGES := fortunes fortunes-min fortunes-de fortunes-es fortunes-it tuxpaint-stamps-default bible-kjv bible-kjv-text wordnet-base chromium chromium-driver
 
-.PHONY: demo test test-fast setup debian-packages ui clean lock
+.PHONY: demo test test-fast scaleout-test setup debian-packages ui clean lock
 
 demo: setup
 	$(BIN)/image2song demo
@@ -18,6 +18,11 @@ test: setup
 # Unit and integration tests without the end-to-end runs (a quicker loop while developing).
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
+
+# The scale-out deployment under faults: Airflow on PostgreSQL (127.0.0.1:5432) with Celery workers and
+# Redis (127.0.0.1:6379), fresh databases per run; it says so and skips where those do not answer.
+scaleout-test: setup
+	IMAGE2SONG_SCALEOUT_TEST=1 $(BIN)/python -m pytest -ra -s tests/test_scaleout.py
 
 ui: setup
 	$(BIN)/image2song airflow ui

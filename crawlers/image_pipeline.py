@@ -82,7 +82,10 @@ def process_one(client: PoliteClient, store: BlobStore, options: ImageOptions, i
                 return ImageResult(image_id, url, status, f"HTTP {response.status}", response.status)
             data, declared, http_status = response.content, response.headers.get("content-type"), response.status
         image = validate_image(data, declared_type=declared, url=url, options=options)
-        key = store.put(image.data, SUFFIXES.get(image.content_type, ""))
+        try:
+            key = store.put(image.data, SUFFIXES.get(image.content_type, ""))
+        except Exception as error:  # the store, not the image: worth retrying (fsspec raises many kinds)
+            return ImageResult(image_id, url, "error", f"object store: {type(error).__name__}: {error}")
         return ImageResult(image_id, url, "stored", None, http_status, image.sha256, image.phash,
                            image.width, image.height, len(image.data), image.content_type, key)
     except Disallowed:

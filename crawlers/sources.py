@@ -249,11 +249,13 @@ class _Recorder:
 def crawl_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, discover: bool = True,
                 max_pages: int | None = None, max_depth: int | None = None, workers: int = 8,
                 batch_size: int = 20, flush_seconds: float = 1.0,
-                progress: Callable[[int], None] | None = None) -> dict:
+                progress: Callable[[int], None] | None = None,
+                give_up: Callable[[int, int], bool] | None = None) -> dict:
     """Fetch this state's pending post URLs and, unless ``discover=False`` (a shard after the planning
     step), walk the source's listing at the same time, fetching each new post URL as soon as it is
     found. Returns counts: discovered, attempted, failed, deferred, new_posts, and ``failures`` (the
-    first few (url, reason) pairs)."""
+    first few (url, reason) pairs). ``give_up(failed, known)`` true: stop (the site is down); the URLs
+    not fetched stay pending, ``given_up`` counts them."""
     recorder = _Recorder(state, batch_size, flush_seconds, progress)
     submitted: set[str] = set()
     running: set = set()
@@ -267,12 +269,20 @@ def crawl_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, 
             for url in urls:
                 running.add(pool.submit(source.fetch_one, client, url, validators.get(url, (None, None))))
 
+        stopped = []
+
         def collect(timeout: float | None) -> None:
             done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
                 running.discard(future)
-                recorder.add(*future.result())
+                if not future.cancelled():
+                    recorder.add(*future.result())
             recorder.tick()
+            if give_up and not stopped and give_up(recorder.counts["failed"], len(submitted)):
+                stopped.append(True)
+                for future in list(running):
+                    if future.cancel():
+                        running.discard(future)
 
         try:
             submit(state.pending("post"))
@@ -280,6 +290,8 @@ def crawl_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, 
                 for new_urls, new_posts in source.walk(client, state, max_pages=max_pages, max_depth=max_depth):
                     discovered += len(new_urls) + new_posts
                     recorder.counts["new_posts"] += new_posts
+                    if stopped:
+                        break
                     submit(new_urls)
                     if running:
                         collect(0)
@@ -287,7 +299,8 @@ def crawl_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, 
             while running:
                 collect(flush_seconds)
             recorder.flush()
-    return {"discovered": discovered, **recorder.counts, "failures": recorder.failures}
+    given_up = len(submitted) - recorder.counts["attempted"] - recorder.counts["deferred"]
+    return {"discovered": discovered, **recorder.counts, "failures": recorder.failures, "given_up": given_up}
 
 
 def discover_posts(source: PostSource, client: PoliteClient, state: CrawlState, *, max_pages: int | None = None,

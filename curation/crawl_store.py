@@ -244,7 +244,8 @@ def record_images(db_url: str, results: list) -> None:
         session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
             status=case(((bindparam("b_status") == "error") & (table.c.attempts + 1 >= MAX_ATTEMPTS), "failed"),
                         else_=bindparam("b_status")),
-            error=bindparam("b_error"), http_status=bindparam("b_http"), sha256=bindparam("b_sha"), phash=bindparam("b_phash"), width=bindparam("b_w"),
+            error=bindparam("b_error"), http_status=bindparam("b_http"), sha256=bindparam("b_sha"),
+            phash=bindparam("b_phash"), width=bindparam("b_w"),
             height=bindparam("b_h"), size_bytes=bindparam("b_size"), content_type=bindparam("b_type"),
             duplicate_of=bindparam("b_dup"), fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
 
@@ -309,6 +310,41 @@ def store_lyric(db_url: str, song_id: int, provider: str, hit: LyricHit | None) 
                 candidate.scores["match_review"] = safe_text(hit.review, 2000)[0]
         candidate.text_hash = text_hash(candidate.text)
         candidate.verdict, candidate.reason, candidate.decided_by = "pending", None, None
+
+
+def reconcile_objects(db_url: str, store) -> dict[str, int]:
+    """Make the object store agree with the catalog after a killed or failed image fetch: delete image
+    blobs that no stored image refers to (their records were lost with the process) and half-written
+    ``.partial`` files; count referenced blobs that are absent (those images are fetched again: their
+    rows go back to pending). Run it when no image fetch is running (the refresh DAG runs it after all
+    image shards); blobs outside the content-addressed layout are left alone."""
+    import re
+
+    blob = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/([0-9a-f]{64})(\.[a-z0-9]+)?((\.[0-9a-f]+)?\.partial)?")
+    with session_scope(db_url) as session:
+        rows = session.execute(select(Image.id, Image.sha256, Image.content_type).where(
+            Image.status == "stored", Image.sha256.is_not(None))).all()
+    referenced: dict[str, list[int]] = {}
+    for image_id, sha256, content_type in rows:
+        referenced.setdefault(image_key(sha256, content_type), []).append(image_id)
+    root = store.root.rstrip("/")
+    found, orphans, partials = set(), 0, 0
+    for path in store.fs.find(root) if store.fs.exists(root) else []:
+        key = path[len(root) + 1:] if path.startswith(root + "/") else path.lstrip("/")
+        match = blob.fullmatch(key)
+        if not match:
+            continue
+        if match.group(3) or key not in referenced:
+            store.fs.rm(path)
+            partials, orphans = partials + bool(match.group(3)), orphans + (not match.group(3))
+        else:
+            found.add(key)
+    missing = [image_id for key, ids in referenced.items() if key not in found for image_id in ids]
+    if missing:
+        with session_scope(db_url) as session:
+            session.execute(update(Image).where(Image.id.in_(missing)).values(status="pending", attempts=0))
+    return {"objects": len(found), "removed_orphans": orphans, "removed_partials": partials,
+            "missing": len(missing)}
 
 
 def store_lyric_failure(db_url: str, song_id: int, provider: str, error: str,

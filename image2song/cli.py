@@ -195,20 +195,42 @@ def cmd_tags(args, settings: Settings) -> int:
     return 0
 
 
+def _train_args(args) -> dict:
+    return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
+            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines}
+
+
 def cmd_train(args, settings: Settings) -> int:
+    """Train and evaluate every chosen model per vocabulary and split, then write the run's report."""
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    _show(stages.train(settings, snapshot, tags["tags_path"], split=args.split, epochs=args.epochs,
-                       attention=args.attention))
+    vocabularies = args.vocabulary or stages.TRAIN_DEFAULTS["tag_vocabularies"]
+    tags = stages.extract_tags(settings, snapshot, vocabulary=vocabularies[0], device=args.device)
+    params = _train_args(args)
+    evaluations = []
+    for vocabulary in vocabularies:
+        for split in args.split or ["a", "b"]:
+            model = stages.train(settings, snapshot, tags["tags_paths"], split=split, vocabulary=vocabulary,
+                                 params=params, device=args.device, progress=sys.stderr.isatty())
+            evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
+    summary = stages.report(settings, evaluations, snapshot)
+    print(summary["table"])
+    print(f"\nreport: {summary['report']} (and .html); every run of the snapshot: {summary['snapshot_report']}")
     return 0
 
 
 def cmd_evaluate(args, settings: Settings) -> int:
-    snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    result = stages.evaluate(settings, model_dir, snapshot, tags["tags_path"])
-    print(stages.report(settings, [result], snapshot)["table"])
+    """Re-evaluate the models of a run folder and rewrite its report."""
+    from pathlib import Path
+
+    run = Path(args.run)
+    experiments = sorted(p.parent for p in run.glob("*/split-*/training.json"))
+    if not experiments:
+        raise FileNotFoundError(f"no trained experiment under {run} (expected <vocabulary>/split-<a|b>/training.json)")
+    evaluations = [stages.evaluate(settings, str(e)) for e in experiments]
+    snapshot = json.loads((run / "run.json").read_text())["snapshot"]
+    summary = stages.report(settings, evaluations, stages.resolve_snapshot(settings, snapshot))
+    print(summary["table"])
+    print(f"\nreport: {summary['report']}")
     return 0
 
 
@@ -219,8 +241,8 @@ def cmd_search(args, settings: Settings) -> int:
         print("image2song search: give an image file, or --song TITLE for images that fit a song", file=sys.stderr)
         return 2
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    tags = stages.extract_tags(settings, snapshot)
+    model_dir = args.model or stages.latest_model(settings, snapshot, args.split)
+    tags = stages.extract_tags(settings, snapshot, vocabulary=stages.model_vocabulary(model_dir))
     search = SongSearch(model_dir, snapshot, tags["tags_path"], kind=args.index, rebuild=args.rebuild_index)
     try:
         if args.image is not None:
@@ -257,10 +279,61 @@ def cmd_airflow(args, settings: Settings) -> int:
         from image2song.demo.run import serve_airflow_ui
 
         return serve_airflow_ui(settings)
+    if args.airflow_args[:1] == ["cluster"]:
+        return _airflow_cluster(args.airflow_args[1:], settings)
+    if args.airflow_args[:1] == ["alerts"]:
+        from curation.alerts import recent_alerts
+
+        stages.migrate(settings)
+        for alert in reversed(recent_alerts(settings.db_url)):
+            print(f"{alert['at'][:19]}  {alert['kind']:<16} {alert['message']}")
+        return 0
     if args.airflow_args[:1] in (["standalone"], ["scheduler"]):  # it will run tasks: their pools must exist
         airflow_command(settings, ["db", "migrate"], capture=True)
         ensure_pools(settings)
     return airflow_command(settings, args.airflow_args, check=False).returncode
+
+
+def _airflow_cluster(argv: list[str], settings: Settings) -> int:
+    import os
+
+    from image2song.airflow_env import AirflowServices, cluster_environment, stop_on_sigterm
+
+    parser = argparse.ArgumentParser(
+        prog="image2song airflow cluster",
+        description="Start Airflow's scale-out deployment on this host: api-server, scheduler, dag-processor, "
+        "triggerer and N Celery workers, with Airflow's metadata on PostgreSQL and a Redis broker; restart "
+        "what dies; Ctrl-C or SIGTERM stops them all. Needs AIRFLOW__DATABASE__SQL_ALCHEMY_CONN "
+        "(postgresql+psycopg://…) and IMAGE2SONG_AIRFLOW_ADMIN_PASSWORD; the catalog (IMAGE2SONG_DB_URL) "
+        "and the object store should be shared too (see README, Operations).")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers to start here (default 2; 0: none)")
+    from image2song.safeguards import GPU_QUEUE
+
+    queues = f"{os.environ.get('AIRFLOW__OPERATORS__DEFAULT_QUEUE', 'default')},{GPU_QUEUE}"
+    parser.add_argument("--queues", default=queues, help=f"queues the workers take (default {queues}; "
+                        f"GPU hosts: {GPU_QUEUE})")
+    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker (default 2)")
+    parser.add_argument("--broker", default=os.environ.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0"),
+                        help="Celery broker (default AIRFLOW__CELERY__BROKER_URL or redis://127.0.0.1:6379/0)")
+    parser.add_argument("--only-workers", action="store_true", help="start only the workers (another host runs "
+                        "the rest)")
+    options = parser.parse_args(argv)
+    metadata = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    env = cluster_environment(settings, metadata_url=metadata, broker_url=options.broker)
+    stop_on_sigterm()
+    airflow_command(settings, ["db", "migrate"], capture=True, env=env)
+    services = AirflowServices(settings, env=env, workers=options.workers, queues=options.queues,
+                               concurrency=options.concurrency)
+    if options.only_workers:
+        services.commands = {n: c for n, c in services.commands.items() if n.startswith("worker-")}
+    try:
+        with services:
+            print(f"Airflow cluster up on {services.url} ({len(services.commands)} components, logs in "
+                  f"{services.log_dir}); Ctrl-C stops it", flush=True)
+            services.supervise()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,16 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
     p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
-    for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
-                             ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):
-        p = add(name, func, text)
-        p.add_argument("--snapshot", help="version or folder (default latest)")
-        p.add_argument("--split", choices=["a", "b"], default="a", help="the paper's split A or B (default a)")
-        if name == "train":
-            p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-            p.add_argument("--attention", action="store_true", help="use the paper's tag attention")
-        else:
-            p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p = add("train", cmd_train, "train the paper's model, its baselines and the hybrid on a snapshot, evaluate "
+            "them (R@K, MedR, 95 % intervals, chance) and write the run's report")
+    p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--split", choices=["a", "b"], action="append",
+                   help="the paper's split A (unseen songs) or B (unseen images); repeat for both (default both)")
+    p.add_argument("--vocabulary", action="append", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="tag vocabulary; repeat for several, one experiment each (default obj+attr)")
+    p.add_argument("--model", choices=["bilstm+attention", "bilstm"], default="bilstm+attention",
+                   help="the paper's model with or without tag attention (default with)")
+    p.add_argument("--loss", choices=["mse", "cosine", "margin"], default="mse", help="the paper's model's loss (default mse)")
+    p.add_argument("--word-vectors", help="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
+                   "(default IMAGE2SONG_WORD_VECTORS)")
+    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs; early stopping on validation (default 30)")
+    p.add_argument("--seed", type=int, help="training seed (default IMAGE2SONG_SEED)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--baselines", nargs="*", choices=["attentive-reader", "psi", "minilm", "conse", "control", "popularity"],
+                   help="baselines beside the paper's model (default all; control adds the hybrid)")
+
+    p = add("evaluate", cmd_evaluate, "re-evaluate the models of a run folder and rewrite its report")
+    p.add_argument("run", help="a run folder (<state>/runs/<snapshot>/<run>)")
 
     p = add("search", cmd_search, "find songs for an image (or images for a song) with a trained model",
             "Rank the snapshot's songs for an image file by the model's cosine score, and show the image's "
@@ -396,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--song", help="instead of an image: a song's title ('title — artist' when titles repeat) or id")
     p.add_argument("--snapshot", help="version or folder (default latest)")
     p.add_argument("--split", choices=["a", "b"], default="b")
-    p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p.add_argument("--model", help="a trained model's folder, <run>/<vocabulary>/split-<a|b> (default: the latest run of the snapshot)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto",
                    help="auto (default): exact up to 50,000 vectors, faiss IVF above")
@@ -406,9 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("db", cmd_db, "create or upgrade the catalog (SQLite by default, IMAGE2SONG_DB_URL for PostgreSQL)")
     p.add_argument("action", choices=["upgrade", "current"])
 
-    p = add("airflow", cmd_airflow, "run Airflow with the project's configuration (`image2song airflow ui` "
-            "starts the web UI, scheduler and the demo world)")
-    p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments for the `airflow` command, or `ui`")
+    p = add("airflow", cmd_airflow, "run Airflow with the project's configuration",
+            "`image2song airflow ui`: the web UI, scheduler, dag-processor and triggerer on 127.0.0.1 (embedded "
+            "default), with the demo world. `image2song airflow cluster --help`: the scale-out deployment "
+            "(PostgreSQL, Celery, Redis). `image2song airflow alerts`: recent failure and deadline alerts. "
+            "Anything else is passed to the `airflow` command with the project's environment. Every one of "
+            "them stops all its children on Ctrl-C or SIGTERM.")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER,
+                   help="`ui`, `cluster …`, `alerts`, or arguments for the `airflow` command")
     return parser
 
 
@@ -420,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args, Settings.from_env())
+    except stages.StageFailed as error:  # what succeeded is stored; the failed records are tried next run
+        print(f"image2song: {error}", file=sys.stderr)
+        return 1
     except (LookupError, FileNotFoundError, ValueError) as error:
         print(f"image2song: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ small dict of counts and paths, which is what a DAG passes on in XCom."""
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +12,95 @@ from pathlib import Path
 from image2song.settings import Settings
 
 log = logging.getLogger("image2song")
+
+# A stage fails only past its threshold AND past this many failures: a handful of flaky records are
+# retried by the next run instead of failing every run.
+MIN_FAILURES_TO_FAIL = 5
+
+
+class StageFailed(RuntimeError):
+    """A stage whose failure rate crossed its threshold: the task fails (and is retried by Airflow),
+    and the run never reaches ``build_snapshot``. What succeeded is kept; failed records stay marked
+    on their rows and are tried again."""
+
+    def __init__(self, stage: str, message: str, counts: dict):
+        super().__init__(message)
+        self.stage, self.counts = stage, counts
+
+
+def _cause(service: str, failures: list) -> str:
+    """Name what went wrong from the recorded reasons: the service unreachable, erroring, or else the
+    most common reason."""
+    from collections import Counter
+
+    reasons = [str(reason) for _, reason in failures]
+    if not reasons:
+        return f"{service} failed"
+    if sum(r.startswith("object store") for r in reasons) * 2 > len(reasons):
+        return "object store unavailable"
+    unreachable = ("Connection", "connection", "unreachable", "Timeout", "timed out", "Max retries", "refused",
+                   "NotADirectory", "FileNotFound", "PermissionError", "No such file")
+    if sum(any(word in r for word in unreachable) for r in reasons) * 2 > len(reasons):
+        return f"{service} unreachable"
+    if sum(r.startswith("HTTP 5") or " HTTP 5" in r for r in reasons) * 2 > len(reasons):
+        return f"{service} answered with server errors"
+    common, _ = Counter(r.split(":", 1)[0][:80] for r in reasons).most_common(1)[0]
+    return f"{service}: {common}"
+
+
+def gives_up(max_rate: float):
+    """``(failed, total) -> bool``: true once the stage will fail whatever the rest does, so that a stage
+    stops asking a service that is down instead of waiting out every request's retries."""
+    return lambda failed, total: failed >= MIN_FAILURES_TO_FAIL and failed > max_rate * total
+
+
+def check_failures(stage: str, counts: dict, max_rate: float, *, service: str, unit: str) -> dict:
+    """Raise ``StageFailed`` when ``counts["failed"]`` of ``counts["attempted"]`` is past ``max_rate``
+    (and at least ``MIN_FAILURES_TO_FAIL``); else log and return ``counts`` with the rate added."""
+    attempted, failed = counts["attempted"], counts["failed"]
+    counts["failure_rate"] = round(failed / attempted, 4) if attempted else 0.0
+    if failed:
+        worst = "; ".join(f"{key}: {reason}" for key, reason in counts.get("failures", [])[:3])
+        summary = (f"{_cause(service, counts.get('failures', []))}: {failed:,} of {attempted:,} {unit} failed "
+                   f"({counts['failure_rate']:.1%}, threshold {max_rate:.0%})")
+        if counts.get("given_up"):
+            summary += f"; gave up on the {counts['given_up']:,} not tried yet"
+        if counts["failure_rate"] > max_rate and failed >= MIN_FAILURES_TO_FAIL:
+            raise StageFailed(stage, f"{stage}: {summary}; first: {worst}", counts)
+        log.warning("%s: %s, under the threshold: they are tried again next run; first: %s", stage, summary, worst)
+    return counts
+
+
+def _progress(total: int | None, desc: str, unit: str):
+    """A progress bar on a terminal; elsewhere (an Airflow task's log) an INFO line now and then."""
+    import sys
+
+    from tqdm import tqdm
+
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, mininterval=2)
+    return _LoggedProgress(total, desc, unit)
+
+
+class _LoggedProgress:
+    def __init__(self, total: int | None, desc: str, unit: str, every: float = 15.0):
+        import time
+
+        self.total, self.desc, self.unit, self.every, self.n = total, desc, unit, every, 0
+        self.clock = time.monotonic
+        self.last = self.clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.clock() - self.last >= self.every:
+            self.last = self.clock()
+            log.info("%s: %s %s", self.desc, f"{self.n:,}/{self.total:,}" if self.total else f"{self.n:,}", self.unit)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        log.info("%s: %s %s done", self.desc, f"{self.n:,}", self.unit)
 
 
 def _client(settings: Settings, **options):
@@ -57,20 +147,20 @@ def crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | 
     ``discover=False``; the walk is bounded by ``max_pages`` and ``max_depth``). Outcomes are recorded
     as they complete, a small batch of posts and their URLs' states per transaction: resumable after a
     kill. Returns ``attempted``, ``failed``, ``failures`` and other counts."""
-    from tqdm import tqdm
-
     from crawlers.sources import crawl_posts
     from curation.crawl_store import CatalogCrawlState, ensure_source
 
     name, post_source = _post_source(settings, source)
     source_id = ensure_source(settings.db_url, name, post_source.kind, post_source.base_url)
     state = CatalogCrawlState(settings.db_url, source_id, shard=shard, shards=shards)
-    with tqdm(desc=f"posts {shard + 1}/{shards}", unit="post", mininterval=2) as bar:
+    max_rate = settings.failure_threshold("crawl_posts")
+    with _progress(None, f"posts {shard + 1}/{shards}", "posts") as bar:
         counts = crawl_posts(post_source, _client(settings), state, discover=discover, max_pages=max_pages,
-                             max_depth=max_depth, workers=workers, progress=bar.update)
+                             max_depth=max_depth, workers=workers, progress=bar.update, give_up=gives_up(max_rate))
     counts["crawl_state"] = state.counts()
-    log.info("crawl: %s", counts)
-    return counts
+    log.info("crawl: %s", {k: v for k, v in counts.items() if k != "failures"})
+    return check_failures("crawl_posts", counts, max_rate,
+                          service=f"post source {post_source.base_url}", unit="post pages")
 
 
 def plan_crawl(settings: Settings, *, max_pages: int | None = None, max_depth: int | None = None,
@@ -105,8 +195,6 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
     ``failed`` and ``failures`` (the first ten (url, reason))."""
     import functools
 
-    from tqdm import tqdm
-
     from crawlers.image_pipeline import fetch_images as run
     from crawlers.images import ImageOptions
     from curation.crawl_store import file_import_roots, image_tasks, kept_images, record_images
@@ -121,16 +209,41 @@ def fetch_images(settings: Settings, *, workers: int = 32, shard: int = 0, shard
         except FileNotFoundError:
             pass
 
-    with tqdm(total=len(tasks), desc=f"images {shard + 1}/{shards}", unit="img", mininterval=2) as bar:
+    failures: list[tuple[str, str]] = []
+
+    def sink(results: list) -> None:
+        record_images(settings.db_url, results)  # errors are kept on their rows (and retried next run)
+        failures.extend((r.url, r.error) for r in results if r.status == "error" and len(failures) < 10)
+
+    with _progress(len(tasks), f"images {shard + 1}/{shards}", "images") as bar:
         pace = {} if min_delay is None else {"min_delay": min_delay}
         counts = run(tasks, client=_client(settings, per_host=per_host, **pace),
-                     store_factory=functools.partial(ObjectStore, settings.object_store),
-                     sink=functools.partial(record_images, settings.db_url),
+                     store_factory=functools.partial(ObjectStore, settings.object_store), sink=sink,
                      options=ImageOptions(resize=resize, quality=quality),
                      near_duplicate_bits=near_duplicate_bits, known=kept_images(settings.db_url) if tasks else (),
                      discard=discard, processes=processes, threads=workers, progress=bar.update,
                      local_roots=file_import_roots(settings.db_url))
     log.info("images: %s", counts)
+    # Rejected (not an image, gone for good) and disallowed images are verdicts, not failures; deferred
+    # ones (robots.txt unavailable) wait for the next run.
+    result = {"stored": counts["stored"] + counts["duplicate"], "rejected": counts["rejected"] + counts["disallowed"],
+              "attempted": counts["attempted"], "failed": counts["error"], "deferred": counts["deferred"],
+              "failures": failures}
+    return check_failures("fetch_images", result, settings.failure_threshold("fetch_images"),
+                          service="image hosts", unit="images")
+
+
+def reconcile_objects(settings: Settings) -> dict:
+    """After the image shards (never beside one): delete blobs no catalog row refers to, re-queue images
+    whose blob is missing. A retried or killed ``fetch_images`` leaves nothing behind once this ran."""
+    from curation.crawl_store import reconcile_objects as reconcile
+    from curation.object_store import ObjectStore
+
+    counts = reconcile(settings.db_url, ObjectStore(settings.object_store))
+    log.info("object store reconciled with the catalog: %s", counts)
+    return counts
+
+
     return {"stored": counts["stored"] + counts["duplicate"], "attempted": counts["attempted"],
             "failed": counts["error"] + counts["rejected"] + counts["disallowed"],
             "deferred": counts["deferred"], "failures": counts["failures"]}
@@ -145,12 +258,11 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
     per-song ``deadline``) or any other error is stored on that song's candidate; after ``max_attempts``
     failed runs the song goes to a curator ("provider error: …"). Returns ``attempted``, ``failed`` and
     ``failures`` (the first ten (song, reason)) beside the counts."""
-    from tqdm import tqdm
-
     from crawlers.lyrics import CachedProvider, LrclibProvider
     from curation.crawl_store import LYRIC_ATTEMPTS, songs_without_lyrics, store_lyric, store_lyric_failure
     from curation.lyrics.cache import CatalogLyricCache
 
+    service = f"lyric provider {provider.name}" if provider else f"lyric API {settings.lyrics_url}"
     max_attempts = max_attempts or LYRIC_ATTEMPTS
     if provider is None:
         # Short read timeouts and few retries: the per-song deadline, not the client, bounds a stall.
@@ -170,12 +282,16 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
         except Exception as error:  # noqa: BLE001 - whatever one song raises is stored on that song
             return song, None, False, f"{type(error).__name__}: {error}"
 
-    found = missing = 0
+    found = missing = sent_to_review = asked = 0
     failures: list[tuple[str, str]] = []
-    sent_to_review = 0
-    with ThreadPoolExecutor(workers) as pool:
-        for song, hit, cached, error in tqdm(pool.map(one, songs), total=len(songs), desc="lyrics", unit="song",
-                                             mininterval=2):
+    max_rate = settings.failure_threshold("fetch_lyrics")
+    give_up = gives_up(max_rate)
+    with ThreadPoolExecutor(workers) as pool, _progress(len(songs), "lyrics", "songs") as bar:
+        futures = [pool.submit(one, song) for song in songs]
+        for future in futures:
+            song, hit, cached, error = future.result()
+            asked += 1
+            bar.update(1)
             if error is None:
                 try:
                     if not cached:
@@ -188,14 +304,18 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
             failures.append((f"song {song['id']} {song['title']!r}", error[:300]))
             verdict = store_lyric_failure(settings.db_url, song["id"], provider.name, error, max_attempts)
             sent_to_review += verdict == "review"
-            log.warning("lyrics for song %s %r: %s", song["id"], song["title"], error)
-    counts = {"songs": len(songs), "attempted": len(songs), "found": found, "not_found": missing,
+            log.debug("lyrics for song %s %r: %s", song["id"], song["title"], error)
+            if give_up(len(failures), len(songs)):  # the stage fails whatever the rest does: stop asking
+                for rest in futures:
+                    rest.cancel()
+                break
+    counts = {"songs": len(songs), "attempted": asked, "found": found, "not_found": missing,
               "failed": len(failures), "errors": len(failures), "failures": failures[:10],
-              "provider_errors_to_review": sent_to_review}
+              "provider_errors_to_review": sent_to_review, "given_up": len(songs) - asked}
     if cache:
         counts.update(cache_hits=provider.hits, cache_misses=provider.misses)
     log.info("lyrics fetched: %s", {k: v for k, v in counts.items() if k != "failures"})
-    return counts
+    return check_failures("fetch_lyrics", counts, max_rate, service=service, unit="songs")
 
 
 def filter_lyrics(settings: Settings, config=None) -> dict:
@@ -227,11 +347,10 @@ def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int 
     recipe = Recipe(min_posts=min_posts, posts_per_song=posts_per_song, test_songs=test_songs,
                     test_images_per_song=test_images_per_song, near_duplicate_bits=near_duplicate_bits,
                     seed=settings.seed if seed is None else seed)
-    return build(settings.db_url, settings.snapshots, recipe)
-
-
-def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
-    return settings.runs / f"{snapshot_version}-split-{split}"
+    return build(settings.db_url, settings.snapshots, recipe,
+                 dataset={"license": settings.dataset_license, "maintainer": settings.maintainer,
+                          "retention": settings.retention, "sources": [settings.site_url],
+                          "lyrics_provider": settings.lyrics_url, "user_agent": settings.user_agent})
 
 
 def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
@@ -272,20 +391,106 @@ def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str
     return spec
 
 
-def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,
-          attention: bool = False) -> dict:
-    from modeling.training import train as fit
-
-    out = run_dir(settings, Path(snapshot_path).name, split)
-    result = fit(snapshot_path, tags_path, out, split=split, epochs=epochs, attention=attention,
-                 seed=settings.seed, word_vectors=word_vectors(settings, snapshot_path))
-    return {**result, "model_dir": str(out)}
+TRAIN_DEFAULTS = {"model": "bilstm+attention", "loss": "mse", "tag_vocabularies": ["obj+attr"], "word_vectors": None,
+                  "epochs": 30, "seed": None, "baselines": None}
 
 
-def evaluate(settings: Settings, model_dir: str, snapshot_path: str, tags_path: str) -> dict:
-    from modeling.evaluation import evaluate as score
+def train_params(settings: Settings, params: dict | None = None) -> dict:
+    """The train run's parameters with the defaults filled in (word vectors and seed from the settings)."""
+    from modeling.harness.training import BASELINES
 
-    return score(model_dir, snapshot_path, tags_path, out_dir=model_dir)
+    p = {**TRAIN_DEFAULTS, **{k: v for k, v in (params or {}).items() if k in TRAIN_DEFAULTS and v is not None}}
+    p["word_vectors"] = p["word_vectors"] or settings.word_vectors
+    p["seed"] = settings.seed if p["seed"] is None else int(p["seed"])
+    p["baselines"] = list(BASELINES) if p["baselines"] is None else list(p["baselines"])
+    return p
+
+
+def run_dir(settings: Settings, snapshot_path: str, params: dict, run_id: str | None = None) -> Path:
+    """The run's folder: keyed by snapshot and by the Airflow run id, or else a hash of the parameters."""
+    from modeling.harness.runs import run_folder, run_key
+
+    return run_folder(settings.runs, Path(snapshot_path).name, run_key(params, run_id), params)
+
+
+def train(settings: Settings, snapshot_path: str, tags_paths: dict, *, split: str, vocabulary: str,
+          params: dict | None = None, run_id: str | None = None, device: str = "auto", progress: bool = False) -> dict:
+    """Fit the paper's model, the permuted-lyrics control, the chosen baselines and the hybrid on one split and
+    tag vocabulary; models, seed and configuration go to the run's experiment folder."""
+    from modeling.harness.runs import experiment_folder
+    from modeling.harness.training import train_models
+
+    p = train_params(settings, params)
+    if vocabulary not in tags_paths:
+        raise ValueError(f"no tags for vocabulary {vocabulary!r}: the tags stage made {sorted(tags_paths)}")
+    run = run_dir(settings, snapshot_path, p, run_id)
+    out = experiment_folder(run, vocabulary, split)
+    models = ["paper", "permuted", *p["baselines"]]
+    if "control" in p["baselines"]:
+        models.append("hybrid")
+    result = train_models(snapshot_path, tags_paths[vocabulary], out, split=split, vocabulary=vocabulary, models=models,
+                          loss=p["loss"], attention=p["model"] == "bilstm+attention", epochs=p["epochs"], seed=p["seed"],
+                          word_vectors=word_vectors(settings, snapshot_path, p["word_vectors"]),
+                          word_vectors_cache=settings.home / "word-vectors", device=device, progress=progress)
+    return {**result, "run_dir": str(run), "experiment_dir": str(out), "model_dir": str(out)}
+
+
+def latest_model(settings: Settings, snapshot_path: str, split: str) -> str:
+    """The folder of the paper's model of the snapshot's latest run for ``split`` (first tag vocabulary by name)."""
+    from modeling.harness.runs import snapshot_runs
+
+    for _, run in reversed(snapshot_runs(settings.runs, Path(snapshot_path).name)):
+        found = sorted(run.glob(f"*/split-{split}/paper.pt"))
+        if found:
+            return str(found[0].parent)
+    raise LookupError(f"no trained model for split {split} of {Path(snapshot_path).name}: run `image2song train` first")
+
+
+def model_vocabulary(model_dir: str) -> str:
+    """The tag vocabulary a trained model's folder was trained on (from its ``training.json``)."""
+    return json.loads((Path(model_dir) / "training.json").read_text())["config"]["vocabulary"]
+
+
+def evaluate(settings: Settings, experiment_dir: str) -> dict:
+    """Score every model of an experiment on its split's test part: R@K, MedR, bootstrap intervals, chance."""
+    from modeling.harness.evaluation import evaluate_models
+
+    summary = evaluate_models(experiment_dir)
+    return {**summary, "experiment_dir": experiment_dir, "model_dir": experiment_dir}
+
+
+def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
+    """The run's report (Markdown + HTML + plots) and the snapshot's report of every run side by side; returns
+    the headline figures (the model Asset's extra)."""
+    from modeling.harness.reports import headline, load_evaluations, write_run_report, write_snapshot_report
+    from modeling.harness.runs import snapshot_runs
+
+    if not evaluations:
+        raise ValueError("nothing to report: no evaluation")
+    run = Path(evaluations[0]["experiment_dir"]).parent.parent
+    meta = json.loads((run / "run.json").read_text())
+    snapshot = Path(snapshot_path).name
+    earlier = [(key, path) for key, path in snapshot_runs(settings.runs, snapshot) if path != run]
+    out = write_run_report(run, snapshot=snapshot, run_key=run.name, params=meta["params"],
+                           earlier=[(k, load_evaluations(p)) for k, p in earlier])
+    latest = write_snapshot_report(settings.home / "reports", snapshot, [*earlier, (run.name, run)])
+    lines = ["| tags | split | model | R@10 [95 % CI] | MedR [95 % CI] | chance R@10 | chance MedR |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    headlines = {}
+    for e in out["evaluations"]:
+        for model in ("paper", "hybrid", "conse", "control"):
+            h = headline(e, model)
+            if h is None:
+                continue
+            headlines[f"{e['vocabulary']} {e['split']} {model}"] = {k: v for k, v in h.items() if "ci95" not in k}
+            r10 = "–" if h["R@10"] is None else f"{h['R@10']:.1f} [{h['R@10 ci95'][0]:.1f}, {h['R@10 ci95'][1]:.1f}]"
+            lines.append(f"| {e['vocabulary']} | {e['split'].upper()} | {model} | {r10} | {h['MedR']:.1f} "
+                         f"[{h['MedR ci95'][0]:.1f}, {h['MedR ci95'][1]:.1f}] | {h['chance R@10'] or 0:.1f} | {h['chance MedR']:.1f} |")
+    return {"report": out["report_md"], "report_html": out["report_html"], "snapshot_report": latest["report"],
+            "snapshot": snapshot_path, "run_dir": str(run), "run_key": run.name,
+            "splits": {f"{e['vocabulary']} {e['split']}": {"model_dir": str(run / e["vocabulary"] / f"split-{e['split']}")}
+                       for e in out["evaluations"]},
+            "headline": headlines, "table": "\n".join(lines)}
 
 
 def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
@@ -306,30 +511,3 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")
     return latest["path"]
-
-
-def _cell(metrics: dict, key: str) -> str:
-    # R@K is left out where K reaches the number of candidates (it would be 100% by construction).
-    return f"{metrics[key]:.1f}" if key in metrics else "–"
-
-
-def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
-    """One Markdown report per snapshot: a row per split and direction, the model next to chance."""
-    rows = sorted(evaluations, key=lambda e: e["split"])
-    lines = [f"# Evaluation of snapshot {Path(snapshot_path).name}", "",
-             "R@K in %; ranks are 1-based (MedR: median rank of the true item, lower is better).", "",
-             "| split | direction | queries | candidates | R@1 | R@5 | R@10 | MedR | chance R@1 | chance R@10 | chance MedR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in rows:
-        for key, direction in (("image_to_song", "image → song"), ("song_to_image", "song → image")):
-            d = e[key]
-            m, c = d["model"], d["chance"]
-            lines.append(f"| {e['split'].upper()} | {direction} | {d['n_queries']} | {d['n_candidates']} | "
-                         f"{_cell(m, 'R@1')} | {_cell(m, 'R@5')} | {_cell(m, 'R@10')} | {_cell(m, 'MedR')} | "
-                         f"{_cell(c, 'R@1')} | {_cell(c, 'R@10')} | {_cell(c, 'MedR')} |")
-    out = settings.home / "reports" / f"{Path(snapshot_path).name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    return {"report": str(out), "snapshot": snapshot_path,
-            "splits": {e["split"]: {"model_dir": e["model_dir"], **e["image_to_song"]["model"]} for e in rows},
-            "table": "\n".join(lines[4:])}

@@ -10,7 +10,7 @@ from curation.catalog import Base, Song, current_revision, engine_for, session_s
 from curation.catalog.db import table_names
 
 TABLES = {"sources", "crawl_urls", "posts", "images", "songs", "lyric_candidates", "review_items",
-          "review_events", "snapshots"}
+          "review_events", "snapshots", "run_alerts"}
 
 
 def head_revision() -> str:

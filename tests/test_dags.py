@@ -22,8 +22,14 @@ for name in ("refresh", "train"):
 dags = DagBag(dag_folder="dags")
 heavy = sorted(m for m in ("torch", "torchvision", "gensim", "modeling", "crawlers", "curation", "requests", "bs4")
                if m in sys.modules)
+guards = {d: {t.task_id: {"retries": t.retries, "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+                          "pool": t.pool, "on_failure": bool(t.on_failure_callback)} for t in dags.dags[d].tasks}
+          for d in dags.dag_ids}
+runs = {d: {"timeout": dags.dags[d].dagrun_timeout.total_seconds() if dags.dags[d].dagrun_timeout else None,
+            "deadlines": len(dags.dags[d].deadline or []), "paused_at_creation": dags.dags[d].is_paused_upon_creation}
+        for d in dags.dag_ids}
 print(json.dumps({"errors": {k: v[-300:] for k, v in dags.import_errors.items()}, "dags": sorted(dags.dag_ids),
-                  "timings": timings, "heavy": heavy,
+                  "timings": timings, "heavy": heavy, "guards": guards, "runs": runs,
                   "tasks": {d: sorted(dags.dags[d].task_ids) for d in dags.dag_ids}}))
 """
 
@@ -45,6 +51,55 @@ def test_dags_import_cheaply(tmp_path):
     assert found["timings"]["train"] < 1.0, found["timings"]
     assert found["tasks"]["refresh"] == ["build_snapshot", "crawl_posts", "discover_posts", "enqueue_review",
                                          "fetch_images", "fetch_lyrics", "filter_lyrics", "migrate_catalog",
-                                         "plan_images"]
-    assert found["tasks"]["train"] == ["choose_snapshot", "evaluate_model", "extract_tags", "report", "splits",
-                                       "train_model"]
+                                         "plan_images", "reconcile_objects"]
+    assert found["tasks"]["train"] == ["choose_snapshot", "evaluate_models", "experiments", "extract_tags", "report",
+                                       "train_models"]
+
+
+PARAMS = r"""
+import copy, json
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder="dags/train.py").dags["train"]
+verdicts = {}
+for name, conf in json.loads(__import__("sys").argv[1]).items():
+    params = copy.deepcopy(dag.params)
+    try:
+        params.update(conf)
+        params.validate()
+        verdicts[name] = "ok"
+    except Exception as error:
+        verdicts[name] = type(error).__name__
+print(json.dumps(verdicts))
+"""
+
+
+def test_train_params_are_validated(tmp_path):
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
+    confs = {"defaults": {}, "chosen": {"model": "bilstm", "loss": "margin", "tag_vocabularies": ["obj+attr"],
+                                        "epochs": 3, "seed": 7, "baselines": ["conse"], "word_vectors": "x.bin"},
+             "bad loss": {"loss": "hinge"}, "bad model": {"model": "transformer"}, "bad vocabulary": {"tag_vocabularies": ["colors"]},
+             "bad baseline": {"baselines": ["bm25"]}, "zero epochs": {"epochs": 0}}
+    result = subprocess.run([sys.executable, "-c", PARAMS, json.dumps(confs)], cwd=PROJECT_ROOT,
+                            env=airflow_environment(settings), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdicts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert verdicts["defaults"] == verdicts["chosen"] == "ok"
+    assert all(v == "ParamValidationError" for k, v in verdicts.items() if k.startswith(("bad", "zero"))), verdicts
+
+
+HEAVY = {"fetch_images": "heavy_cpu", "build_snapshot": "heavy_cpu", "extract_tags": "accelerator",
+         "train_models": "accelerator", "evaluate_models": "heavy_cpu"}
+
+
+def test_every_task_has_retries_a_timeout_and_a_failure_callback(tmp_path):
+    found = probe(tmp_path)
+    for dag_id, tasks in found["guards"].items():
+        for task_id, guard in tasks.items():
+            assert guard["retries"] >= 1 and guard["timeout"] and guard["on_failure"], (dag_id, task_id, guard)
+            assert guard["pool"] == HEAVY.get(task_id, "default_pool"), (dag_id, task_id, guard)
+    # Network-bound tasks retry more than local ones.
+    assert found["guards"]["refresh"]["fetch_lyrics"]["retries"] > found["guards"]["refresh"]["filter_lyrics"]["retries"]
+    for dag_id, run in found["runs"].items():
+        assert run["timeout"] and run["deadlines"] == 1, (dag_id, run)
+    # The scheduled DAG waits for an operator: no run on Airflow's first start.
+    assert found["runs"]["refresh"]["paused_at_creation"] is True

@@ -42,7 +42,8 @@ def test_every_stage_in_process(tmp_path):
         crawled = stages.crawl(settings)
         assert crawled["new_posts"] == visible
         assert crawled["crawl_state"]["post:disallowed"] == TINY_POSTS - visible  # robots.txt obeyed
-        assert stages.fetch_images(settings) == {"stored": visible, "failed": 0}
+        images = stages.fetch_images(settings)
+        assert (images["stored"], images["failed"], images["rejected"]) == (visible, 0, 0)
         lyrics = stages.fetch_lyrics(settings)
         assert lyrics["errors"] == 0 and lyrics["not_found"] > 0
         verdicts = stages.filter_lyrics(settings)
@@ -52,7 +53,7 @@ def test_every_stage_in_process(tmp_path):
         assert snapshot["published"] and snapshot["counts"]["split_a_test_songs"] == 8
         # A second refresh finds nothing new, and the unchanged snapshot is not published again.
         assert stages.crawl(settings)["new_posts"] == 0
-        assert stages.fetch_images(settings) == {"stored": 0, "failed": 0}
+        assert stages.fetch_images(settings)["attempted"] == 0
         assert stages.fetch_lyrics(settings)["songs"] == 0
         assert stages.build_snapshot(settings, test_songs=8)["published"] is False
     non_english = {s for s, t in truth["songs"].items() if t["kind"] == "non_english"}
@@ -61,11 +62,13 @@ def test_every_stage_in_process(tmp_path):
     tags = stages.extract_tags(settings, snapshot["path"])
     results = []
     for split in ("a", "b"):
-        model = stages.train(settings, snapshot["path"], tags["tags_path"], split=split, epochs=2)
-        results.append(stages.evaluate(settings, model["model_dir"], snapshot["path"], tags["tags_path"]))
+        model = stages.train(settings, snapshot["path"], tags["tags_paths"], split=split, vocabulary="imagenet",
+                             params={"epochs": 2})
+        results.append(stages.evaluate(settings, model["experiment_dir"]))
     report = stages.report(settings, results, snapshot["path"])
     text = open(report["report"]).read()
-    assert "| A |" in text and "| B |" in text and "chance" in text
+    assert "split A" in text and "split B" in text and "*chance*" in text and "lyric-free control" in text
+    assert "| A |" in report["table"] and "| B |" in report["table"]
 
 
 def test_demo_runs_both_dags_under_the_airflow_scheduler(tmp_path):

@@ -2,10 +2,12 @@
 
 from curation.catalog.db import current_revision, engine_for, session_scope, upgrade
 from curation.catalog.models import (
-    Base, CrawlUrl, HostPace, Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, Source,
+    Base, CrawlUrl, HostPace, Image, LyricCandidate, Post, ReviewEvent, ReviewItem, RunAlert, SnapshotRecord, Song,
+    Source,
 )
 
 __all__ = [
-    "Base", "CrawlUrl", "HostPace", "Image", "LyricCandidate", "Post", "ReviewEvent", "ReviewItem", "SnapshotRecord",
+    "Base", "CrawlUrl", "HostPace", "Image", "LyricCandidate", "Post", "ReviewEvent", "ReviewItem", "RunAlert",
+    "SnapshotRecord",
     "Song", "Source", "current_revision", "engine_for", "session_scope", "upgrade",
 ]

@@ -41,7 +41,8 @@ class CrawlUrl(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     url: Mapped[str] = mapped_column(String(2000))
     kind: Mapped[str] = mapped_column(String(20))  # list | post | image
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | failed (retry budget spent) | disallowed
+    # pending | done | error | failed (retry budget spent) | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(400))
@@ -84,7 +85,8 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
@@ -265,3 +267,21 @@ class SnapshotRecord(Base):
     counts: Mapped[dict] = mapped_column(default=dict)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunAlert(Base):
+    """An operator alert from Airflow: a task that failed for good, or a run past its deadline. The
+    failure callbacks write it (and the log line); chat or e-mail hooks read the same record."""
+
+    __tablename__ = "run_alerts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))  # task_failed | deadline_missed
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    task_id: Mapped[str | None] = mapped_column(String(250))
+    map_index: Mapped[int | None]
+    try_number: Mapped[int | None]
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_run_alerts_dag_run", "dag_id", "run_id"),)

@@ -78,16 +78,20 @@ def serve_demo(settings: Settings, n_posts: int | None = None, scale: str = "dem
 
 
 def serve_airflow_ui(settings: Settings) -> int:
-    """Airflow's UI and scheduler, plus the demo world when the settings point at it."""
-    from image2song.airflow_env import Standalone, airflow_command, ensure_pools
+    """Airflow's UI and scheduler, plus the demo world when the settings point at it. A component that
+    dies is reported and restarted; Ctrl-C or SIGTERM stops everything."""
+    from image2song.airflow_env import AirflowServices, airflow_command, stop_on_sigterm
 
+    stop_on_sigterm()
     airflow_command(settings, ["db", "migrate"], capture=True)
-    ensure_pools(settings)
     with demo_world(settings) if (settings.demo_corpus / "posts.jsonl").exists() else _nothing():
-        with Standalone(settings) as airflow:
-            _say(f"Airflow UI on {airflow.url} (logs: {airflow.log_path}); Ctrl-C stops it")
-            while airflow.process.poll() is None:
-                time.sleep(1)
+        with AirflowServices(settings, say=_say) as airflow:
+            _say(f"Airflow UI on {airflow.url} (component logs in {airflow.log_dir}); Ctrl-C stops it. "
+                 "The refresh DAG starts paused: unpause it to start its schedule.")
+            try:
+                airflow.supervise()
+            except KeyboardInterrupt:
+                _say("stopping Airflow …")
     return 0
 
 
@@ -139,7 +143,7 @@ def _wait_asset_run(api, dag_id: str, after: str, timeout: float) -> str:
 def run_demo(settings: Settings, *, n_posts: int | None = None, scale: str = "demo", test_songs: int = 100,
              fresh: bool = False) -> int:
     from image2song import stages
-    from image2song.airflow_env import AirflowApi, Standalone, airflow_command, ensure_pools
+    from image2song.airflow_env import AirflowApi, AirflowServices, airflow_command, stop_on_sigterm
 
     started = time.monotonic()
     # During the demo the refresh DAG runs when we trigger it, not on its schedule.
@@ -154,9 +158,9 @@ def run_demo(settings: Settings, *, n_posts: int | None = None, scale: str = "de
     _say("preparing the catalog and Airflow's metadata database …")
     stages.migrate(settings)
     airflow_command(settings, ["db", "migrate"], capture=True)
-    ensure_pools(settings)
-    with demo_world(settings), Standalone(settings) as airflow:
-        _say(f"Airflow is up on {airflow.url} (log: {airflow.log_path})")
+    stop_on_sigterm()
+    with demo_world(settings), AirflowServices(settings, say=_say) as airflow:
+        _say(f"Airflow is up on {airflow.url} (component logs in {airflow.log_dir})")
         api = AirflowApi(airflow.url)
         api.wait_for_dags(["refresh", "train"])
         for dag_id in ("refresh", "train"):
