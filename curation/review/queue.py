@@ -23,20 +23,18 @@ after).
 from __future__ import annotations
 
 import secrets
-import threading
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 from urllib.parse import quote_plus
 
 from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from curation.catalog import (
-    Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, engine_for, session_scope,
+    Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, session_scope,
 )
 from curation.catalog.models import ReviewAssignment
+from curation.review.transactions import reading as _read, writing as _write
 
 DECISIONS = {
     "accept": ("approved", "accepted by a curator"),
@@ -74,48 +72,6 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment
-
-
-_sqlite_writers: dict[str, threading.Lock] = {}
-_sqlite_writers_guard = threading.Lock()
-
-
-@contextmanager
-def _read(db_url: str) -> Iterator[Session]:
-    session = Session(engine_for(db_url), expire_on_commit=False)
-    try:
-        with session.begin():
-            yield session
-    finally:
-        session.close()
-
-
-@contextmanager
-def _write(db_url: str) -> Iterator[Session]:
-    """A short write transaction: ``BEGIN IMMEDIATE`` on SQLite (writers queue on a Python lock first),
-    a plain transaction on PostgreSQL (claims there lock rows with SKIP LOCKED)."""
-    engine = engine_for(db_url)
-    if engine.dialect.name != "sqlite":
-        session = Session(engine, expire_on_commit=False)
-        try:
-            with session.begin():
-                yield session
-        finally:
-            session.close()
-        return
-    with _sqlite_writers_guard:
-        lock = _sqlite_writers.setdefault(db_url, threading.Lock())
-    with lock, engine.connect() as connection:
-        connection.info["immediate"] = True
-        try:
-            session = Session(bind=connection, expire_on_commit=False)
-            try:
-                with session.begin():
-                    yield session
-            finally:
-                session.close()
-        finally:
-            connection.info.pop("immediate", None)
 
 
 # --- filling the queue ------------------------------------------------------------------------

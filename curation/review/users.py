@@ -6,11 +6,11 @@ import re
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from curation.catalog import session_scope
 from curation.catalog.models import Curator
 from curation.review import sessions
+from curation.review.transactions import reading, writing
 
 ROLES = ("curator", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
@@ -29,7 +29,7 @@ def add_curator(db_url: str, name: str, password: str, role: str = "curator", *,
     if not MIN_PASSWORD <= len(password or "") <= MAX_PASSWORD:
         raise ValueError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     hashed = _hasher.hash(password)
-    with session_scope(db_url) as session:
+    with writing(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == name))
         if curator is not None and not replace:
             raise ValueError(f"curator {name!r} exists (replace it to set a new password or role)")
@@ -47,34 +47,36 @@ def authenticate(db_url: str, name: str, password: str) -> dict | None:
     """The account when the password is right and the account active, else None."""
     if len(password or "") > MAX_PASSWORD:
         return None
-    with session_scope(db_url) as session:
+    with reading(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == (name or "")[:100]))
-        try:
-            _hasher.verify(curator.password_hash if curator else _DUMMY, password or "")
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
-        if curator is None or not curator.active:
-            return None
-        if _hasher.check_needs_rehash(curator.password_hash):
-            curator.password_hash = _hasher.hash(password)
-        return {"name": curator.name, "role": curator.role}
+    try:
+        _hasher.verify(curator.password_hash if curator else _DUMMY, password or "")
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    if curator is None or not curator.active:
+        return None
+    if _hasher.check_needs_rehash(curator.password_hash):
+        with writing(db_url) as session:
+            session.execute(update(Curator).where(Curator.id == curator.id)
+                            .values(password_hash=_hasher.hash(password)))
+    return {"name": curator.name, "role": curator.role}
 
 
 def get_curator(db_url: str, name: str) -> dict | None:
-    with session_scope(db_url) as session:
+    with reading(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == name))
         return None if curator is None else {"name": curator.name, "role": curator.role, "active": curator.active}
 
 
 def list_curators(db_url: str) -> list[dict]:
-    with session_scope(db_url) as session:
+    with reading(db_url) as session:
         return [{"name": c.name, "role": c.role, "active": c.active, "created_at": c.created_at.isoformat()}
                 for c in session.scalars(select(Curator).order_by(Curator.name))]
 
 
 def set_active(db_url: str, name: str, active: bool) -> bool:
     """Enable or disable an account; disabling ends its sessions and gives back its claims."""
-    with session_scope(db_url) as session:
+    with writing(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == name))
         if curator is None:
             raise LookupError(f"no curator {name!r}")
