@@ -29,7 +29,7 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
     tags=["image2song"],
     params={
         "snapshot": Param(None, type=["null", "string"], description="snapshot folder (the triggering or latest one when empty)"),
-        "splits": Param(["a", "b"], type="array", items={"enum": ["a", "b"]}, minItems=1),
+        "splits": Param(["a", "b"], type="array", items={"enum": ["a", "b"]}, minItems=1, uniqueItems=True),
         "epochs": Param(5, type="integer", minimum=1, maximum=500),
         "attention": Param(False, type="boolean", description="the paper's tag attention"),
         "tag_vocabulary": Param("obj+attr", enum=["obj", "attr", "obj+attr", "imagenet"],
