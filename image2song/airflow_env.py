@@ -124,6 +124,9 @@ def cluster_environment(settings: Settings, *, metadata_url: str, broker_url: st
                                                                           "postgresql+asyncpg://", 1),
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url,
+        # Prefork pool processes are daemonic, and a daemonic process may not start processes: tagging's
+        # data loader and large image fetches do. Threads start each task's own process just as well.
+        "AIRFLOW__CELERY__POOL": "threads",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
