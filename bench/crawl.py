@@ -1,9 +1,10 @@
 """bench/crawl: this crawler's image stage against img2dataset, on the same URL list, in one run.
 
-    .venv/bin/python bench/crawl.py [--images 20000] [--processes N] [--threads 8]
+    .venv/bin/python bench/crawl.py [--images 20000] [--heavy 8] [--processes N] [--threads 8]
 
 1. Makes (once; cached in bench/.data-crawl/) ``--images`` distinct JPEGs of 20–100 KB: random crops,
-   flips, colour shifts and sizes of scikit-image's bundled photos.
+   flips, colour shifts and sizes of scikit-image's bundled photos, and ``--heavy`` decompression-heavy
+   PNGs (about 150 KB each that decode to 6000×6600 RGBA, just under the 40-megapixel guard).
 2. Serves them with Debian's nginx on loopback (a config written to a temp folder; robots.txt allows
    /images/ and disallows /private/).
 3. Runs, each as its own subprocess, in two configurations:
@@ -11,12 +12,16 @@
      ``stages.fetch_images`` storing the bytes as they are;
    - resized to 256: img2dataset's default resize (``--image_size 256``, border, JPEG quality 95) vs ours
      with ``resize=256, quality=95`` (longest side 256, aspect kept).
-   Ours runs with robots.txt obeyed, full validation (magic bytes, bomb guard, a full decode), sha256
-   content addressing into the object store, pHash near-duplicate linking, and the catalog written in
-   batches; politeness limits are opened for loopback (256 connections per host, no delay).
+   Ours runs with robots.txt obeyed, the egress policy checking every URL (loopback allowed by setting),
+   the shared per-host pace booked in the catalog (loopback is exempt from the default delay, so no
+   booking is made unless a host slows us down), full validation (magic bytes, bomb guard, a full decode
+   within the pixel budget), sha256 content addressing into the object store, pHash near-duplicate
+   linking, and the catalog written in batches; 256 connections per host.
    Our input is a catalog that already lists the image URLs (as after the post crawl); img2dataset's
    input is the same URLs in a text file. Both timings are the whole subprocess (start-up included).
-4. Prints images/s and peak memory (sum of RSS over the process tree, sampled every 0.1 s) and ratios.
+4. Prints images/s and peak memory (sum of RSS over the process tree, sampled every 0.1 s) and ratios,
+   with the machine's load average before and after (the machine may be shared: read ratios, measured
+   side by side in one run, rather than absolute figures).
 
 img2dataset (1.47, from PyPI) lives in its own throwaway venv, bench/.venv-img2dataset (created on first
 use), so that its pins never touch the project's environment.
@@ -42,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / ".data-crawl"
 I2D_VENV = HERE / ".venv-img2dataset"
-UA = "image2song-bench/0.1 (loopback benchmark; contact: bench@example.invalid)"
+CONTACT = "bench@example.invalid"
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -102,6 +107,26 @@ def make_images(count: int) -> list[str]:
     return [str(p.relative_to(DATA)) for p in paths]
 
 
+def make_heavy_pngs(count: int) -> list[str]:
+    """Decompression-heavy PNGs: ~150 KB files of 6000×6600 RGBA (39.6 Mpx, under the 40 Mpx guard),
+    each a different flat colour with a few lines (distinct bytes and hashes)."""
+    from PIL import Image, ImageDraw
+
+    folder = DATA / "heavy"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        path = folder / f"heavy-{i:03d}.png"
+        if not path.exists():
+            image = Image.new("RGBA", (6000, 6600), (i * 37 % 256, i * 91 % 256, i * 13 % 256, 255))
+            draw = ImageDraw.Draw(image)
+            for k in range(8):
+                draw.line((0, 800 * k + i * 7, 6000, 6600 - 800 * k), fill=(255 - i, k * 30, 128, 255), width=40)
+            image.save(path, "PNG")
+        names.append(str(path.relative_to(DATA)))
+    return names
+
+
 # --- nginx -------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -130,7 +155,7 @@ http {{
     tcp_nopush on;
     keepalive_requests 1000000;
     keepalive_timeout 120;
-    types {{ image/jpeg jpg; text/plain txt; }}
+    types {{ image/jpeg jpg; image/png png; text/plain txt; }}
     default_type application/octet-stream;
     client_body_temp_path {work}/body;
     proxy_temp_path {work}/proxy;
@@ -201,7 +226,7 @@ def run_img2dataset(binary: Path, url_file: Path, out: Path, resize: bool, proce
     command += ["--image_size", "256"] if resize else ["--resize_mode", "no", "--skip_reencode", "True"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     wall, peak, code = run_measured(command, env, log)
-    stored = sum(1 for _ in out.rglob("*.jpg"))
+    stored = sum(1 for path in out.rglob("*") if path.suffix in (".jpg", ".png", ".webp"))
     return {"wall_s": wall, "peak_rss": peak, "stored": stored, "rc": code}
 
 
@@ -226,7 +251,8 @@ def run_ours(template: Path, work: Path, resize: bool, processes: int, threads: 
     catalog = work / "catalog.sqlite"
     shutil.copy(template, catalog)
     env = {**os.environ, "IMAGE2SONG_HOME": str(work), "IMAGE2SONG_DB_URL": f"sqlite:///{catalog}",
-           "IMAGE2SONG_OBJECT_STORE": str(work / "objects"), "IMAGE2SONG_USER_AGENT": UA,
+           "IMAGE2SONG_OBJECT_STORE": str(work / "objects"), "IMAGE2SONG_CONTACT": CONTACT,
+           "IMAGE2SONG_ALLOW_NETWORKS": "127.0.0.0/8",
            "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--ours", "--resize", str(256 if resize else 0),
                "--processes", str(processes), "--threads", str(threads)]
@@ -234,12 +260,13 @@ def run_ours(template: Path, work: Path, resize: bool, processes: int, threads: 
     counts = {}
     if code == 0:
         counts = json.loads(log.read_text().strip().splitlines()[-1])
-    stored = sum(1 for _ in (work / "objects").rglob("*.jpg"))
+    stored = sum(1 for path in (work / "objects").rglob("*") if path.is_file())
     return {"wall_s": wall, "peak_rss": peak, "stored": stored, "rc": code, "counts": counts}
 
 
 def ours_child(args) -> None:
-    """In the measured subprocess: the real image stage, loopback-open politeness, everything else on."""
+    """In the measured subprocess: the real image stage as a refresh runs it (egress policy, shared
+    pacing through the catalog, pixel budget), with 256 connections per host."""
     import logging
 
     from image2song import stages
@@ -247,7 +274,7 @@ def ours_child(args) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     counts = stages.fetch_images(Settings.from_env(), workers=args.threads, processes=args.processes or None,
-                                 resize=args.resize or None, quality=95, per_host=256, min_delay=0.0)
+                                 resize=args.resize or None, quality=95, per_host=256)
     from curation.catalog import Image, session_scope
     from sqlalchemy import func, select
 
@@ -262,6 +289,7 @@ def ours_child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--heavy", type=int, default=8, help="decompression-heavy PNGs added to the set")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="both tools (default: cores)")
     parser.add_argument("--threads", type=int, default=8, help="our downloads in flight per process (loopback needs few)")
     parser.add_argument("--i2d-threads", type=int, default=64, help="img2dataset --thread_count")
@@ -274,7 +302,8 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     binary = ensure_img2dataset()
-    names = make_images(args.images)
+    names = make_images(args.images) + make_heavy_pngs(args.heavy)
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-crawl-"))
     nginx, base = start_nginx(DATA, work / "nginx")
     try:
@@ -282,8 +311,9 @@ def main() -> None:
         (work / "urls.txt").write_text("\n".join(urls) + "\n")
         template = work / "template.sqlite"
         prepare_catalog(urls, template)
-        sizes = [os.path.getsize(DATA / n) for n in names]
-        print(f"{len(urls)} JPEGs, {min(sizes) // 1000}–{max(sizes) // 1000} KB (mean {sum(sizes) / len(sizes) / 1000:.0f} KB), "
+        sizes = [os.path.getsize(DATA / n) for n in names if n.endswith(".jpg")]
+        print(f"{len(sizes)} JPEGs, {min(sizes) // 1000}–{max(sizes) // 1000} KB (mean {sum(sizes) / len(sizes) / 1000:.0f} KB), "
+              f"{args.heavy} decompression-heavy PNGs (6000×6600, ~150 KB each), "
               f"nginx on {base}; {os.cpu_count()} cores; processes {args.processes}, our threads {args.threads}/process, "
               f"img2dataset threads {args.i2d_threads}", flush=True)
         rows = []
@@ -308,7 +338,9 @@ def main() -> None:
                   f"(objects written {ours['stored']}; {json.dumps(ours['counts'])})\n"
                   f"  ratio        {rate_o / rate_t:.2f}x images/s, {ours['peak_rss'] / max(1, theirs['peak_rss']):.2f}x memory",
                   flush=True)
-        print("\nimages/s counts every URL handled (ours: stored or linked; img2dataset: files written), "
+        print(f"\nload average (1, 5, 15 min): before {' '.join(f'{x:.1f}' for x in load_before)}, "
+              f"after {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        print("images/s counts every URL handled (ours: stored or linked; img2dataset: files written), "
               "whole subprocess wall time; memory: peak RSS summed over each process tree.")
     finally:
         nginx.terminate()

@@ -1,20 +1,31 @@
 """Benchmark: the review app with 20 concurrent curators, on SQLite and PostgreSQL.
 
-The app runs under uvicorn in its own process on loopback; each simulated curator is a thread with
-its own HTTP session that logs in, then decides items in a loop. Every other decision is a
-save-and-next (one request: record the decision and claim the next item); the others are a submit
-and a separate claim, so both are timed alone too. Prints latency percentiles and decisions/s for
-two loads: curators who think about each item (``--think`` seconds on average, still far quicker
-than a person) and curators who do not think at all (the server's ceiling).
+The app runs under uvicorn in its own process on loopback (the same server settings as
+`image2song review serve`); each simulated curator is a thread with its own HTTP session that logs
+in, then decides items in a loop. Every other decision is a save-and-next (one request: record the
+decision and claim the next item); the others are a submit and a separate claim, so both are timed
+alone too. The clients do not resend anything, so a connection the server resets shows up as an
+error in the table. Loads, per database:
 
-    .venv/bin/python bench/review.py                       # both databases, both loads
-    .venv/bin/python bench/review.py --db sqlite --seconds 10
+- curators who think about 1 s per item (0.5-1.5 s), on a quiet machine and under a CPU hog;
+- curators who think 0-300 ms per item (quicker than any person), quiet and under a CPU hog;
+- curators who do not think at all (the server's ceiling).
+
+The CPU hog is one busy-looping process per core, started before the server and stopped after it.
+`--soak N` instead runs the 20-curator tests (pytest) N times under a CPU hog and reports how many
+passed. Load averages are printed with each row: the development machine is shared.
+
+    .venv/bin/python bench/review.py                       # both databases, every load
+    .venv/bin/python bench/review.py --db sqlite --seconds 10 --loads think-300ms,think-300ms+hog
+    .venv/bin/python bench/review.py --soak 10             # the 20-curator tests, 10 times, under a hog
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import random
 import re
 import socket
@@ -66,6 +77,33 @@ def seed(db_url: str, items: int, curators: int) -> None:
         session.add_all([Curator(name=f"c{i:02d}", password_hash=hashed, role="curator") for i in range(1, curators)])
 
 
+LOADS = {  # name: (think seconds low, high, CPU hog)
+    "think-1s": (0.5, 1.5, False),
+    "think-1s+hog": (0.5, 1.5, True),
+    "think-300ms": (0.0, 0.3, False),
+    "think-300ms+hog": (0.0, 0.3, True),
+    "no-think": (0.0, 0.0, False),
+}
+
+
+class CpuHog:
+    """One busy-looping process per core while in use (what other work on a shared machine does)."""
+
+    def __init__(self, processes: int | None = None):
+        self.count = processes or os.cpu_count() or 2
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc):
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
+
+
 def start_server(db_url: str) -> tuple[subprocess.Popen, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -96,7 +134,7 @@ def login(base: str, name: str) -> requests.Session:
     return session
 
 
-def run_load(base: str, curators: int, seconds: float, think: float) -> dict:
+def run_load(base: str, curators: int, seconds: float, think: tuple[float, float]) -> dict:
     timings = {"save_and_next": [], "submit": [], "claim": []}
     lock = threading.Lock()
     sessions = [login(base, f"c{i:02d}") for i in range(curators)]
@@ -117,8 +155,8 @@ def run_load(base: str, curators: int, seconds: float, think: float) -> dict:
         item = session.post(base + "/api/claim").json()["item"]
         n = 0
         while item is not None and time.monotonic() < stop[0]:
-            if think:
-                time.sleep(rng.uniform(0.5 * think, 1.5 * think))
+            if think[1]:
+                time.sleep(rng.uniform(*think))
             body = {"token": item["token"], "decision": "accept", "next": n % 2 == 0}
             t0 = time.perf_counter()
             answer = session.post(base + "/api/submit", json=body)
@@ -179,18 +217,48 @@ def postgres_database() -> tuple[str, callable] | None:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
 
 
+def soak(runs: int) -> int:
+    """The 20-curator tests, ``runs`` times under a CPU hog; prints each run and the tally."""
+    tests = ["tests/test_review_app.py::test_twenty_curators_at_once_lose_nothing_and_share_nothing",
+             "tests/test_review_team.py::test_an_office_of_twenty_keeps_working_while_one_mistypes_twenty_times"]
+    print(f"{runs} runs of {len(tests)} tests (each on SQLite and PostgreSQL) under a CPU hog of "
+          f"{os.cpu_count()} busy processes; {os.cpu_count()} cores")
+    passed = 0
+    with CpuHog():
+        for run in range(1, runs + 1):
+            load = os.getloadavg()[0]
+            began = time.monotonic()
+            result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+                                    cwd=ROOT, capture_output=True, text=True)
+            summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+            passed += result.returncode == 0
+            print(f"run {run:>2}: {'pass' if result.returncode == 0 else 'FAIL'}  {summary}  "
+                  f"({time.monotonic() - began:.0f} s, load average at start {load:.1f})", flush=True)
+            if result.returncode != 0:
+                print("\n".join("    " + line for line in result.stdout.splitlines()[-40:]))
+    print(f"passed {passed} of {runs}")
+    return 0 if passed == runs else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--curators", type=int, default=20)
     parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--think", type=float, default=1.0, help="mean seconds a curator looks at an item")
+    parser.add_argument("--seconds", type=float, default=15, help="seconds per load")
+    parser.add_argument("--loads", default=",".join(LOADS), help=f"comma-separated, of: {', '.join(LOADS)}")
+    parser.add_argument("--soak", type=int, metavar="N", help="run the 20-curator tests N times under a CPU hog")
     args = parser.parse_args()
+    if args.soak:
+        return soak(args.soak)
+    loads = [name.strip() for name in args.loads.split(",") if name.strip()]
+    unknown = [name for name in loads if name not in LOADS]
+    if unknown:
+        parser.error(f"unknown load(s) {', '.join(unknown)}; choose from {', '.join(LOADS)}")
     print(f"{args.curators} curators, {args.items} items, {args.seconds:.0f} s per load; latencies in ms, "
-          f"measured by the client over loopback HTTP")
-    print(f"{'database':<11} {'load':<14} {'save-and-next p50/p99':>22} {'submit p50/p99':>16} "
-          f"{'claim p50/p99':>15} {'decisions/s':>12}")
+          f"measured by the client over loopback HTTP; {os.cpu_count()} cores")
+    print(f"{'database':<11} {'load':<16} {'save-and-next p50/p99':>22} {'submit p50/p99':>16} "
+          f"{'claim p50/p99':>15} {'decisions/s':>12} {'errors':>7} {'load avg':>9}")
     for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
         with tempfile.TemporaryDirectory() as tmp:
             drop = None
@@ -203,18 +271,21 @@ def main() -> int:
                 url, drop = found
             try:
                 seed(url, args.items, args.curators)
-                for think in (args.think, 0.0):
-                    process, base = start_server(url)
-                    try:
-                        r = run_load(base, args.curators, args.seconds, think)
-                    finally:
-                        process.terminate()
-                        process.wait(10)
-                    load = f"think {think:.1f} s" if think else "no think"
+                for name in loads:
+                    low, high, hog = LOADS[name]
+                    with CpuHog() if hog else contextlib.nullcontext():
+                        process, base = start_server(url)
+                        try:
+                            before = os.getloadavg()[0]
+                            r = run_load(base, args.curators, args.seconds, (low, high))
+                        finally:
+                            process.terminate()
+                            process.wait(10)
                     cell = lambda key: f"{r[key]['p50']:6.1f} / {r[key]['p99']:6.1f}" if key in r else "–"  # noqa: E731
-                    print(f"{db:<11} {load:<14} {cell('save_and_next'):>22} {cell('submit'):>16} "
-                          f"{cell('claim'):>15} {r['per_second']:>12.1f}", flush=True)
-                    for error in r["errors"]:
+                    print(f"{db:<11} {name:<16} {cell('save_and_next'):>22} {cell('submit'):>16} "
+                          f"{cell('claim'):>15} {r['per_second']:>12.1f} {len(r['errors']):>7} {before:>9.1f}",
+                          flush=True)
+                    for error in r["errors"][:5]:
                         print(f"  error: {error}")
             finally:
                 if drop:

@@ -11,6 +11,12 @@ database at 127.0.0.1:5432 (user postgres), dropped afterwards.
 
 Each build runs in a child process of its own, which reports its wall time and its peak resident
 memory (``getrusage(RUSAGE_SELF).ru_maxrss``: imports included). The bar: peak memory under 2 GiB.
+
+Then the cost of verification, side by side in one child process on the published snapshot (best of
+``--repeats``): pyarrow reading both tables with no check at all; ``load_snapshot(verify=False)``
+(every Parquet page checked against its CRC while read); ``load_snapshot()`` as modeling calls it
+(verify=True: also the manifest's hash, each file's SHA-256, the row and split counts); and
+``image2song snapshot verify`` (``check_snapshot(pages=True)``: every page, column by column).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ def generate_rows(posts: int, seed: int):
         lyrics = []
         for i in ids:
             draw = rng.random()
-            words = rng.choice(WORDS, size=60)
+            words = list(rng.choice(WORDS, size=60))
+            words[int(rng.integers(60))] = f"word{i}"  # each lyric its own: no two songs share one
             text = "\n".join(" ".join(words[k:k + 6]) for k in range(0, 60, 6))
             if draw < 0.90:
                 verdict, reason = "approved", "English (p=0.99) and matched (1.00)"
@@ -129,8 +136,41 @@ def build_child(db_url: str, out: str, test_songs: int) -> None:
     result = build_snapshot(db_url, out, Recipe(test_songs=test_songs))
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"seconds": seconds, "peak_bytes": peak, "counts": result["counts"],
+    print(json.dumps({"seconds": seconds, "peak_bytes": peak, "counts": result["counts"], "path": result["path"],
                       "files": {k: v[:12] for k, v in result["files"].items()}}))
+
+
+def verify_child(path: str, repeats: int) -> None:
+    """Runs in its own process: the cost of each level of verification, best of ``repeats``."""
+    import pyarrow.parquet as pq
+
+    from curation.snapshots.reader import check_snapshot, load_snapshot
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    def plain():
+        for name in ("triplets", "songs"):
+            pq.read_table(f"{path}/{name}.parquet").to_pandas()
+
+    figures = {"plain_read": best(plain), "load_pages_only": best(lambda: load_snapshot(path, verify=False)),
+               "load_verified": best(lambda: load_snapshot(path)),
+               "verify_command": best(lambda: check_snapshot(path, pages=True))}
+    figures["bytes"] = sum(Path(path, name).stat().st_size for name in ("triplets.parquet", "songs.parquet"))
+    assert check_snapshot(path, pages=True) == []
+    print(json.dumps(figures))
+
+
+def run_child(*args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"child {args[0]} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_build(db_url: str, out: str, test_songs: int) -> dict:
@@ -145,11 +185,15 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         build_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--verify-child":
+        verify_child(sys.argv[2], int(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--posts", type=int, default=1_000_000)
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--test-songs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="verification timings: best of this many")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="image2song-bench-") as work:
@@ -171,7 +215,8 @@ def main() -> int:
                 print(f"{kind}: generated {args.posts:,} posts in {fill_seconds:.1f} s", flush=True)
                 result = run_build(db_url, f"{work}/snapshots-{kind}", args.test_songs)
                 again = run_build(db_url, f"{work}/snapshots-{kind}", args.test_songs)  # unchanged: publishes nothing
-                rows.append((kind, fill_seconds, result, again))
+                verified = run_child("--verify-child", result["path"], str(args.repeats))
+                rows.append((kind, fill_seconds, result, again, verified))
                 print(f"{kind}: built in {result['seconds']:.1f} s, peak {result['peak_bytes'] / 2**20:.0f} MiB; "
                       f"counts {result['counts']}", flush=True)
             finally:
@@ -185,10 +230,19 @@ def main() -> int:
     print()
     print("| database | posts | triplets kept | songs kept | build time | peak memory | rebuild (unchanged) |")
     print("|---|---|---|---|---|---|---|")
-    for kind, _, result, again in rows:
+    for kind, _, result, again, _ in rows:
         c = result["counts"]
         print(f"| {kind} | {args.posts:,} | {c['triplets']:,} | {c['songs']:,} | {result['seconds']:.1f} s | "
               f"{result['peak_bytes'] / 2**20:,.0f} MiB | {again['seconds']:.1f} s |")
+    print()
+    print("| database | Parquet bytes | plain pyarrow read (no checks) | load_snapshot(verify=False): page CRCs | "
+          "load_snapshot(): full verification | snapshot verify (every page, column by column) |")
+    print("|---|---|---|---|---|---|")
+    for kind, _, _, _, v in rows:
+        base = v["plain_read"]
+        print(f"| {kind} | {v['bytes'] / 2**20:.1f} MiB | {base * 1000:.0f} ms | {v['load_pages_only'] * 1000:.0f} ms "
+              f"({v['load_pages_only'] / base:.2f}×) | {v['load_verified'] * 1000:.0f} ms "
+              f"({v['load_verified'] / base:.2f}×) | {v['verify_command'] * 1000:.0f} ms |")
     worst = max(r[2]["peak_bytes"] for r in rows)
     print(f"\npeak memory {'under' if worst < 2 * 2**30 else 'OVER'} 2 GiB (worst {worst / 2**20:,.0f} MiB)")
     return 0 if worst < 2 * 2**30 else 1

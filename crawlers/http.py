@@ -464,9 +464,7 @@ class PoliteClient:
         except (Urllib3Error, OSError, _Retryable) as error:
             self._robots_unavailable(state, f"host unreachable: {type(error).__name__}", None)
             return
-        except Refused:
-            raise
-        except FetchError as error:  # the name did not resolve
+        except FetchError as error:  # the name did not resolve, or a redirect to a refused address
             self._robots_unavailable(state, str(error), None)
             return
         if status == 429 or status >= 500:

@@ -81,6 +81,14 @@ def walk(client: PoliteClient, state: CrawlState, start_url: str, *, max_pages: 
         yield state.add("post", fit), 0
 
 
+def _maybe_cut_short(response) -> bool:
+    """A body delimited only by the server closing the connection cannot tell a complete page from a
+    cut one; the sharing site's pages end with </html>, so one without it is not trusted."""
+    headers = response.headers
+    framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
+    return not framed and b"</html" not in response.content[-4096:].lower()
+
+
 def fetch_post(client: PoliteClient, url: str, validators=(None, None)) -> tuple[dict, PostRecord | None]:
     """Fetch and parse one post page: (outcome, post or None); never raises for a bad page."""
     etag, modified = validators
@@ -90,6 +98,9 @@ def fetch_post(client: PoliteClient, url: str, validators=(None, None)) -> tuple
             return outcome(url, "done", http_status=304), None
         if response.status >= 400:
             raise FetchError(url, f"HTTP {response.status}", response.status)
+        if _maybe_cut_short(response):
+            raise ParseError(f"{url}: the page may be cut short (no Content-Length, not chunked, and no "
+                             "closing </html>): not stored, tried again later")
         post = parse_post_page(response.text, url)
         return outcome(url, "done", http_status=response.status, etag=response.headers.get("etag"),
                        last_modified=response.headers.get("last-modified"), error=post.notes), post

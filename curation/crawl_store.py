@@ -244,7 +244,8 @@ def record_images(db_url: str, results: list) -> None:
         session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
             status=case(((bindparam("b_status") == "error") & (table.c.attempts + 1 >= MAX_ATTEMPTS), "failed"),
                         else_=bindparam("b_status")),
-            error=bindparam("b_error"), http_status=bindparam("b_http"), sha256=bindparam("b_sha"), phash=bindparam("b_phash"), width=bindparam("b_w"),
+            error=bindparam("b_error"), http_status=bindparam("b_http"), sha256=bindparam("b_sha"),
+            phash=bindparam("b_phash"), width=bindparam("b_w"),
             height=bindparam("b_h"), size_bytes=bindparam("b_size"), content_type=bindparam("b_type"),
             duplicate_of=bindparam("b_dup"), fetched_at=bindparam("b_at"), attempts=table.c.attempts + 1), rows)
 

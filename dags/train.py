@@ -1,5 +1,6 @@
 """train: on a new snapshot (or triggered with params): extract tags (in the `accelerator` pool; images
-already in the tag store are not tagged again) → train per split → evaluate → report (emits the model Asset).
+already in the tag store are not tagged again) → train the paper's model, its baselines and the hybrid per
+tag vocabulary and split → evaluate → report (emits the model Asset with the headline figures).
 
 Wiring only: each task calls one stage of image2song.stages; heavy imports happen inside the stages.
 """
@@ -30,12 +31,25 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
     params={
         "snapshot": Param(None, type=["null", "string"], description="snapshot folder (the triggering or latest one when empty)"),
         "splits": Param(["a", "b"], type="array", items={"enum": ["a", "b"]}, minItems=1, uniqueItems=True),
-        "epochs": Param(5, type="integer", minimum=1, maximum=500),
-        "attention": Param(False, type="boolean", description="the paper's tag attention"),
-        "tag_vocabulary": Param("obj+attr", enum=["obj", "attr", "obj+attr", "imagenet"],
-                                description="image tags the model sees (the paper's Table 2: obj, attr, obj+attr)"),
+        "model": Param("bilstm+attention", enum=["bilstm+attention", "bilstm"],
+                       description="the paper's model with or without its tag attention"),
+        "loss": Param("mse", enum=["mse", "cosine", "margin"], description="the paper's model's loss"),
+        "tag_vocabularies": Param(["obj+attr"], type="array", minItems=1, uniqueItems=True,
+                                  items={"enum": ["obj", "attr", "obj+attr", "imagenet"]},
+                                  description="image tags the models see, one experiment each (the paper's Table 2: "
+                                              "obj, attr, obj+attr)"),
+        "word_vectors": Param(None, type=["null", "string"],
+                              description="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
+                                          "(empty: IMAGE2SONG_WORD_VECTORS)"),
+        "epochs": Param(30, type="integer", minimum=1, maximum=500, description="at most this many epochs (early stopping)"),
+        "seed": Param(None, type=["null", "integer"], description="training seed (empty: IMAGE2SONG_SEED)"),
+        "baselines": Param(["attentive-reader", "psi", "minilm", "conse", "control", "popularity"], type="array",
+                           uniqueItems=True,
+                           items={"enum": ["attentive-reader", "psi", "minilm", "conse", "control", "popularity"]},
+                           description="baselines to train and report beside the paper's model (control adds the hybrid)"),
         "device": Param("auto", type="string", pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
-                        description="where images are tagged: auto (a GPU when present), cpu, cuda or cuda:N"),
+                        description="where images are tagged and models trained: auto (a GPU when present), cpu, "
+                                    "cuda or cuda:N"),
     },
     doc_md=__doc__,
 )
@@ -50,33 +64,34 @@ def train():
 
     @task(**task_args(**LOCAL, timeout=hours(4), pool=ACCELERATOR_POOL, queue=GPU_QUEUE))
     def extract_tags(snapshot: str, params: dict | None = None) -> dict:
-        return stages.extract_tags(Settings.from_env(), snapshot, vocabulary=params["tag_vocabulary"],
+        return stages.extract_tags(Settings.from_env(), snapshot, vocabulary=params["tag_vocabularies"][0],
                                    device=params["device"])
 
     @task(**task_args(**LOCAL, timeout=minutes(10)))
-    def splits(params: dict | None = None) -> list[str]:
-        return list(params["splits"])
+    def experiments(params: dict | None = None) -> list[dict]:
+        return [{"vocabulary": v, "split": s} for v in params["tag_vocabularies"] for s in params["splits"]]
 
     @task(**task_args(**LOCAL, timeout=hours(6), pool=ACCELERATOR_POOL, queue=GPU_QUEUE))
-    def train_model(split: str, snapshot: str, tags: dict, params: dict | None = None) -> dict:
-        return stages.train(Settings.from_env(), snapshot, tags["tags_path"], split=split,
-                            epochs=params["epochs"], attention=params["attention"])
+    def train_models(experiment: dict, snapshot: str, tags: dict, params: dict | None = None) -> dict:
+        return stages.train(Settings.from_env(), snapshot, tags["tags_paths"], split=experiment["split"],
+                            vocabulary=experiment["vocabulary"], params=params, device=params["device"],
+                            run_id=get_current_context()["run_id"])
 
     @task(**task_args(**LOCAL, timeout=hours(1), pool=HEAVY_CPU_POOL))
-    def evaluate_model(model: dict, snapshot: str, tags: dict) -> dict:
-        return stages.evaluate(Settings.from_env(), model["model_dir"], snapshot, tags["tags_path"])
+    def evaluate_models(model: dict) -> dict:
+        return stages.evaluate(Settings.from_env(), model["experiment_dir"])
 
     @task(outlets=[MODEL], **task_args(**LOCAL, timeout=minutes(30)))
     def report(evaluations: list[dict], snapshot: str) -> dict:
         summary = stages.report(Settings.from_env(), list(evaluations), snapshot)
-        get_current_context()["outlet_events"][MODEL].extra = summary
+        get_current_context()["outlet_events"][MODEL].extra = {
+            k: summary[k] for k in ("snapshot", "run_key", "run_dir", "report", "headline")}
         return summary
 
     snapshot = choose_snapshot()
     tags = extract_tags(snapshot)
-    models = train_model.partial(snapshot=snapshot, tags=tags).expand(split=splits())
-    evaluations = evaluate_model.partial(snapshot=snapshot, tags=tags).expand(model=models)
-    report(evaluations, snapshot)
+    models = train_models.partial(snapshot=snapshot, tags=tags).expand(experiment=experiments())
+    report(evaluate_models.expand(model=models), snapshot)
 
 
 train()

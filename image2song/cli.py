@@ -61,8 +61,8 @@ def cmd_review(args, settings: Settings) -> int:
         if args.item is None or args.decision is None:
             raise ValueError("usage: image2song review decide ITEM DECISION [--text …]")
         text = sys.stdin.read() if args.decision == "edit" and args.text == "-" else args.text
-        _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text))
-    elif args.action in ("add-curator", "disable-curator", "curators"):
+        _show(review_queue.decide(settings.db_url, int(args.item), args.decision, args.curator, text, args.comment))
+    elif args.action in ("add-curator", "disable-curator", "curators", "end-sessions"):
         from curation.review import users
 
         if args.action == "curators":
@@ -70,7 +70,12 @@ def cmd_review(args, settings: Settings) -> int:
                 print(f"{user['name']:<24} {user['role']:<8} {'active' if user['active'] else 'disabled'}")
         elif args.action == "disable-curator":
             users.set_active(settings.db_url, _curator_name(args), False)
-            print(f"disabled {args.item}")
+            print(f"disabled {args.item}: their sessions ended and their claimed items went back to the queue")
+        elif args.action == "end-sessions":
+            from curation.review import sessions
+
+            ended = sessions.end_all(settings.db_url, _curator_name(args))
+            print(f"ended {ended} session(s) of {args.item} (a running server notices within seconds)")
         else:
             import getpass
 
@@ -95,9 +100,13 @@ def cmd_review(args, settings: Settings) -> int:
         if args.secret_file:
             secret = open(args.secret_file, encoding="utf-8").read().strip()
         stages.migrate(settings)
+        from curation.review.security import parse_networks
+
+        proxies = args.trusted_proxy if args.trusted_proxy is not None else settings.review_trusted_proxies
+        parse_networks(proxies)  # a typo fails here, before the server starts
         config = ReviewConfig(db_url=settings.db_url, object_store=settings.object_store, secret_key=secret,
                               lease_seconds=args.lease_seconds, secure_cookies=args.secure_cookies,
-                              on_rebuild=on_rebuild, rebuild_every=args.rebuild_every)
+                              on_rebuild=on_rebuild, rebuild_every=args.rebuild_every, trusted_proxies=proxies)
         print(f"review app on http://{args.host}:{args.port}/ (add accounts with `image2song review add-curator`)")
         serve(config, host=args.host, port=args.port)
     return 0
@@ -186,20 +195,42 @@ def cmd_tags(args, settings: Settings) -> int:
     return 0
 
 
+def _train_args(args) -> dict:
+    return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
+            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines}
+
+
 def cmd_train(args, settings: Settings) -> int:
+    """Train and evaluate every chosen model per vocabulary and split, then write the run's report."""
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    _show(stages.train(settings, snapshot, tags["tags_path"], split=args.split, epochs=args.epochs,
-                       attention=args.attention))
+    vocabularies = args.vocabulary or stages.TRAIN_DEFAULTS["tag_vocabularies"]
+    tags = stages.extract_tags(settings, snapshot, vocabulary=vocabularies[0], device=args.device)
+    params = _train_args(args)
+    evaluations = []
+    for vocabulary in vocabularies:
+        for split in args.split or ["a", "b"]:
+            model = stages.train(settings, snapshot, tags["tags_paths"], split=split, vocabulary=vocabulary,
+                                 params=params, device=args.device, progress=sys.stderr.isatty())
+            evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
+    summary = stages.report(settings, evaluations, snapshot)
+    print(summary["table"])
+    print(f"\nreport: {summary['report']} (and .html); every run of the snapshot: {summary['snapshot_report']}")
     return 0
 
 
 def cmd_evaluate(args, settings: Settings) -> int:
-    snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    tags = stages.extract_tags(settings, snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    result = stages.evaluate(settings, model_dir, snapshot, tags["tags_path"])
-    print(stages.report(settings, [result], snapshot)["table"])
+    """Re-evaluate the models of a run folder and rewrite its report."""
+    from pathlib import Path
+
+    run = Path(args.run)
+    experiments = sorted(p.parent for p in run.glob("*/split-*/training.json"))
+    if not experiments:
+        raise FileNotFoundError(f"no trained experiment under {run} (expected <vocabulary>/split-<a|b>/training.json)")
+    evaluations = [stages.evaluate(settings, str(e)) for e in experiments]
+    snapshot = json.loads((run / "run.json").read_text())["snapshot"]
+    summary = stages.report(settings, evaluations, stages.resolve_snapshot(settings, snapshot))
+    print(summary["table"])
+    print(f"\nreport: {summary['report']}")
     return 0
 
 
@@ -210,8 +241,8 @@ def cmd_search(args, settings: Settings) -> int:
         print("image2song search: give an image file, or --song TITLE for images that fit a song", file=sys.stderr)
         return 2
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    model_dir = args.model or str(stages.run_dir(settings, stages.Path(snapshot).name, args.split))
-    tags = stages.extract_tags(settings, snapshot)
+    model_dir = args.model or stages.latest_model(settings, snapshot, args.split)
+    tags = stages.extract_tags(settings, snapshot, vocabulary=stages.model_vocabulary(model_dir))
     search = SongSearch(model_dir, snapshot, tags["tags_path"], kind=args.index, rebuild=args.rebuild_index)
     try:
         if args.image is not None:
@@ -357,23 +388,31 @@ def build_parser() -> argparse.ArgumentParser:
             "`serve` starts the curators' web app on 127.0.0.1; `add-curator NAME` creates an account "
             "(`--role admin` for progress, agreement, audit log, export and snapshot rebuilds); `list` and "
             "`decide` work the queue from the terminal.")
-    p.add_argument("action", choices=["list", "decide", "serve", "add-curator", "disable-curator", "curators"])
-    p.add_argument("item", nargs="?", help="review item (decide) or curator name (add-curator, disable-curator)")
+    p.add_argument("action", choices=["list", "decide", "serve", "add-curator", "disable-curator", "curators",
+                                      "end-sessions"])
+    p.add_argument("item", nargs="?", help="review item (decide) or curator name (add-curator, disable-curator, "
+                   "end-sessions: log that curator out everywhere)")
     p.add_argument("decision", nargs="?", help="accept | edit | reject-non-english | reject-not-found | "
                    "reject-instrumental | reject-other")
     p.add_argument("--text", help="the corrected lyric for `edit` (- reads standard input)")
     p.add_argument("--curator", default="cli", help="who decides (recorded in the audit log)")
+    p.add_argument("--comment", help="decide: a note kept with the decision (audit log and export)")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--role", choices=["curator", "admin"], default="curator", help="add-curator: the role")
-    p.add_argument("--replace", action="store_true", help="add-curator: set a new password/role for an existing one")
+    p.add_argument("--replace", action="store_true",
+                   help="add-curator: set a new password/role for an existing one (ends their sessions)")
     p.add_argument("--password-stdin", action="store_true", help="add-curator: read the password from standard input")
     p.add_argument("--host", default="127.0.0.1", help="serve: address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8070, help="serve: port (default 8070)")
-    p.add_argument("--lease-seconds", type=int, default=600, help="serve: how long a claimed item stays yours")
+    p.add_argument("--lease-seconds", type=int, default=600, help="serve: how long a claimed item stays yours without the page open (an open page renews it)")
     p.add_argument("--airflow-url", help="serve: Airflow API server for snapshot rebuilds, e.g. http://127.0.0.1:8080")
     p.add_argument("--rebuild-every", type=int, help="serve: trigger a rebuild after this many new decisions")
     p.add_argument("--secret-file", help="serve: file holding the session signing key (default: random per start)")
     p.add_argument("--secure-cookies", action="store_true", help="serve: HTTPS-only cookies (behind a TLS proxy)")
+    p.add_argument("--trusted-proxy", metavar="ADDRESSES",
+                   help="serve: reverse proxies (comma-separated addresses or networks, e.g. 127.0.0.1) whose "
+                        "X-Forwarded-For names the client, for login throttling; default "
+                        "$IMAGE2SONG_REVIEW_TRUSTED_PROXIES, else none (the peer address counts)")
 
     p = add("snapshot", cmd_snapshot, "build, list, show, compare or verify versioned Parquet snapshots",
             "build: select approved posts after the recipe (default: the paper's protocol), check for leakage, "
@@ -409,16 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
     p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
 
-    for name, func, text in (("train", cmd_train, "train the retrieval model on a snapshot's split"),
-                             ("evaluate", cmd_evaluate, "evaluate a trained model: R@1/5/10 and median rank")):
-        p = add(name, func, text)
-        p.add_argument("--snapshot", help="version or folder (default latest)")
-        p.add_argument("--split", choices=["a", "b"], default="a", help="the paper's split A or B (default a)")
-        if name == "train":
-            p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-            p.add_argument("--attention", action="store_true", help="use the paper's tag attention")
-        else:
-            p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p = add("train", cmd_train, "train the paper's model, its baselines and the hybrid on a snapshot, evaluate "
+            "them (R@K, MedR, 95 % intervals, chance) and write the run's report")
+    p.add_argument("--snapshot", help="version or folder (default latest)")
+    p.add_argument("--split", choices=["a", "b"], action="append",
+                   help="the paper's split A (unseen songs) or B (unseen images); repeat for both (default both)")
+    p.add_argument("--vocabulary", action="append", choices=["obj", "attr", "obj+attr", "imagenet"],
+                   help="tag vocabulary; repeat for several, one experiment each (default obj+attr)")
+    p.add_argument("--model", choices=["bilstm+attention", "bilstm"], default="bilstm+attention",
+                   help="the paper's model with or without tag attention (default with)")
+    p.add_argument("--loss", choices=["mse", "cosine", "margin"], default="mse", help="the paper's model's loss (default mse)")
+    p.add_argument("--word-vectors", help="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
+                   "(default IMAGE2SONG_WORD_VECTORS)")
+    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs; early stopping on validation (default 30)")
+    p.add_argument("--seed", type=int, help="training seed (default IMAGE2SONG_SEED)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--baselines", nargs="*", choices=["attentive-reader", "psi", "minilm", "conse", "control", "popularity"],
+                   help="baselines beside the paper's model (default all; control adds the hybrid)")
+
+    p = add("evaluate", cmd_evaluate, "re-evaluate the models of a run folder and rewrite its report")
+    p.add_argument("run", help="a run folder (<state>/runs/<snapshot>/<run>)")
 
     p = add("search", cmd_search, "find songs for an image (or images for a song) with a trained model",
             "Rank the snapshot's songs for an image file by the model's cosine score, and show the image's "
@@ -430,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--song", help="instead of an image: a song's title ('title — artist' when titles repeat) or id")
     p.add_argument("--snapshot", help="version or folder (default latest)")
     p.add_argument("--split", choices=["a", "b"], default="b")
-    p.add_argument("--model", help="model folder (default: the split's run of the snapshot)")
+    p.add_argument("--model", help="a trained model's folder, <run>/<vocabulary>/split-<a|b> (default: the latest run of the snapshot)")
     p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--index", choices=["auto", "exact", "ivf"], default="auto",
                    help="auto (default): exact up to 50,000 vectors, faiss IVF above")

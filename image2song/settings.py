@@ -19,12 +19,17 @@ IMAGE2SONG_WORD_VECTORS   "glove-6b-50d" (packaged), "word2vec-english" / "word2
                           packaged English text / on the snapshot's lyrics), or a path to word2vec vectors
 IMAGE2SONG_REFRESH_SCHEDULE  the refresh DAG's schedule (cron or preset); "none" for manual runs only
 IMAGE2SONG_SEED           the seed of split membership and training; default 0
+IMAGE2SONG_DATASET_LICENSE  the licence under which snapshots are shared (the datasheet states it)
+IMAGE2SONG_MAINTAINER     who maintains the snapshots and how to reach them (the datasheet states it)
+IMAGE2SONG_RETENTION      how long snapshots are kept and how removal requests are handled (datasheet)
 IMAGE2SONG_ALERT_WEBHOOK  URL that failure and deadline alerts are POSTed to as JSON {"text": …}; default none
 IMAGE2SONG_FAILURE_THRESHOLDS  per-stage failure rates past which a stage (and its run) fails, e.g.
                           "fetch_lyrics=0.05,fetch_images=0.1"; unnamed stages keep their defaults
 IMAGE2SONG_TAG_STORE      folder or fsspec URL of the tag store (each image tagged once per tagger); default <home>/tags
 IMAGE2SONG_TAG_BACKEND    image tagger: "efficientnet-lite0" (packaged) or "faster-rcnn" (needs a checkpoint)
 IMAGE2SONG_TAG_CHECKPOINT the faster-rcnn backend's checkpoint (label map beside it as <checkpoint>.labels.json)
+IMAGE2SONG_REVIEW_TRUSTED_PROXIES  reverse proxies (addresses or networks, comma-separated) whose
+                          X-Forwarded-For the review app believes; default none
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SITE_PORT = 8765
 DEMO_LYRICS_PORT = 8766
+DEFAULT_LICENSE = ("no licence granted: for research use by the operator only; images, lyrics and post "
+                   "metadata remain their owners' (set IMAGE2SONG_DATASET_LICENSE)")
+DEFAULT_MAINTAINER = "the operator of this image2song installation (set IMAGE2SONG_MAINTAINER to a name and contact)"
+DEFAULT_RETENTION = ("snapshots are kept until the maintainer deletes them; a post removed at its source or on "
+                     "request is left out of the next snapshot, and older snapshots holding it are deleted on "
+                     "request (set IMAGE2SONG_RETENTION)")
 
 
 # The share of a stage's records that may fail (they are retried next run) before the stage fails the
@@ -75,9 +86,13 @@ class Settings:
     word_vectors: str
     refresh_schedule: str = "@daily"
     seed: int = 0
+    dataset_license: str = DEFAULT_LICENSE
+    maintainer: str = DEFAULT_MAINTAINER
+    retention: str = DEFAULT_RETENTION
     tag_store: str = ""  # empty: <home>/tags
     tag_backend: str = "efficientnet-lite0"
     tag_checkpoint: str = ""
+    review_trusted_proxies: str = ""
     failure_thresholds: str = ""
     alert_webhook: str = ""
 
@@ -130,11 +145,15 @@ class Settings:
             word_vectors=env.get("IMAGE2SONG_WORD_VECTORS", "glove-6b-50d"),
             refresh_schedule=env.get("IMAGE2SONG_REFRESH_SCHEDULE", "@daily"),
             seed=int(env.get("IMAGE2SONG_SEED", "0")),
+            dataset_license=env.get("IMAGE2SONG_DATASET_LICENSE", DEFAULT_LICENSE),
+            maintainer=env.get("IMAGE2SONG_MAINTAINER", DEFAULT_MAINTAINER),
+            retention=env.get("IMAGE2SONG_RETENTION", DEFAULT_RETENTION),
             failure_thresholds=env.get("IMAGE2SONG_FAILURE_THRESHOLDS", ""),
             alert_webhook=env.get("IMAGE2SONG_ALERT_WEBHOOK", ""),
             tag_store=env.get("IMAGE2SONG_TAG_STORE", str(home / "tags")),
             tag_backend=env.get("IMAGE2SONG_TAG_BACKEND", "efficientnet-lite0"),
             tag_checkpoint=env.get("IMAGE2SONG_TAG_CHECKPOINT", ""),
+            review_trusted_proxies=env.get("IMAGE2SONG_REVIEW_TRUSTED_PROXIES", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -145,8 +164,11 @@ class Settings:
             "lyrics_url": "IMAGE2SONG_LYRICS_URL", "contact": "IMAGE2SONG_CONTACT",
             "allow_networks": "IMAGE2SONG_ALLOW_NETWORKS", "host_delay": "IMAGE2SONG_HOST_DELAY",
             "word_vectors": "IMAGE2SONG_WORD_VECTORS", "refresh_schedule": "IMAGE2SONG_REFRESH_SCHEDULE",
-            "seed": "IMAGE2SONG_SEED", "tag_store": "IMAGE2SONG_TAG_STORE",
+            "seed": "IMAGE2SONG_SEED", "dataset_license": "IMAGE2SONG_DATASET_LICENSE",
+            "maintainer": "IMAGE2SONG_MAINTAINER", "retention": "IMAGE2SONG_RETENTION",
+            "tag_store": "IMAGE2SONG_TAG_STORE",
             "tag_backend": "IMAGE2SONG_TAG_BACKEND", "tag_checkpoint": "IMAGE2SONG_TAG_CHECKPOINT",
+            "review_trusted_proxies": "IMAGE2SONG_REVIEW_TRUSTED_PROXIES",
             "failure_thresholds": "IMAGE2SONG_FAILURE_THRESHOLDS",
             "alert_webhook": "IMAGE2SONG_ALERT_WEBHOOK",
         }

@@ -4,6 +4,7 @@ small dict of counts and paths, which is what a DAG passes on in XCom."""
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -346,11 +347,10 @@ def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int 
     recipe = Recipe(min_posts=min_posts, posts_per_song=posts_per_song, test_songs=test_songs,
                     test_images_per_song=test_images_per_song, near_duplicate_bits=near_duplicate_bits,
                     seed=settings.seed if seed is None else seed)
-    return build(settings.db_url, settings.snapshots, recipe)
-
-
-def run_dir(settings: Settings, snapshot_version: str, split: str) -> Path:
-    return settings.runs / f"{snapshot_version}-split-{split}"
+    return build(settings.db_url, settings.snapshots, recipe,
+                 dataset={"license": settings.dataset_license, "maintainer": settings.maintainer,
+                          "retention": settings.retention, "sources": [settings.site_url],
+                          "lyrics_provider": settings.lyrics_url, "user_agent": settings.user_agent})
 
 
 def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
@@ -391,20 +391,106 @@ def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str
     return spec
 
 
-def train(settings: Settings, snapshot_path: str, tags_path: str, *, split: str = "a", epochs: int = 5,
-          attention: bool = False) -> dict:
-    from modeling.training import train as fit
-
-    out = run_dir(settings, Path(snapshot_path).name, split)
-    result = fit(snapshot_path, tags_path, out, split=split, epochs=epochs, attention=attention,
-                 seed=settings.seed, word_vectors=word_vectors(settings, snapshot_path))
-    return {**result, "model_dir": str(out)}
+TRAIN_DEFAULTS = {"model": "bilstm+attention", "loss": "mse", "tag_vocabularies": ["obj+attr"], "word_vectors": None,
+                  "epochs": 30, "seed": None, "baselines": None}
 
 
-def evaluate(settings: Settings, model_dir: str, snapshot_path: str, tags_path: str) -> dict:
-    from modeling.evaluation import evaluate as score
+def train_params(settings: Settings, params: dict | None = None) -> dict:
+    """The train run's parameters with the defaults filled in (word vectors and seed from the settings)."""
+    from modeling.harness.training import BASELINES
 
-    return score(model_dir, snapshot_path, tags_path, out_dir=model_dir)
+    p = {**TRAIN_DEFAULTS, **{k: v for k, v in (params or {}).items() if k in TRAIN_DEFAULTS and v is not None}}
+    p["word_vectors"] = p["word_vectors"] or settings.word_vectors
+    p["seed"] = settings.seed if p["seed"] is None else int(p["seed"])
+    p["baselines"] = list(BASELINES) if p["baselines"] is None else list(p["baselines"])
+    return p
+
+
+def run_dir(settings: Settings, snapshot_path: str, params: dict, run_id: str | None = None) -> Path:
+    """The run's folder: keyed by snapshot and by the Airflow run id, or else a hash of the parameters."""
+    from modeling.harness.runs import run_folder, run_key
+
+    return run_folder(settings.runs, Path(snapshot_path).name, run_key(params, run_id), params)
+
+
+def train(settings: Settings, snapshot_path: str, tags_paths: dict, *, split: str, vocabulary: str,
+          params: dict | None = None, run_id: str | None = None, device: str = "auto", progress: bool = False) -> dict:
+    """Fit the paper's model, the permuted-lyrics control, the chosen baselines and the hybrid on one split and
+    tag vocabulary; models, seed and configuration go to the run's experiment folder."""
+    from modeling.harness.runs import experiment_folder
+    from modeling.harness.training import train_models
+
+    p = train_params(settings, params)
+    if vocabulary not in tags_paths:
+        raise ValueError(f"no tags for vocabulary {vocabulary!r}: the tags stage made {sorted(tags_paths)}")
+    run = run_dir(settings, snapshot_path, p, run_id)
+    out = experiment_folder(run, vocabulary, split)
+    models = ["paper", "permuted", *p["baselines"]]
+    if "control" in p["baselines"]:
+        models.append("hybrid")
+    result = train_models(snapshot_path, tags_paths[vocabulary], out, split=split, vocabulary=vocabulary, models=models,
+                          loss=p["loss"], attention=p["model"] == "bilstm+attention", epochs=p["epochs"], seed=p["seed"],
+                          word_vectors=word_vectors(settings, snapshot_path, p["word_vectors"]),
+                          word_vectors_cache=settings.home / "word-vectors", device=device, progress=progress)
+    return {**result, "run_dir": str(run), "experiment_dir": str(out), "model_dir": str(out)}
+
+
+def latest_model(settings: Settings, snapshot_path: str, split: str) -> str:
+    """The folder of the paper's model of the snapshot's latest run for ``split`` (first tag vocabulary by name)."""
+    from modeling.harness.runs import snapshot_runs
+
+    for _, run in reversed(snapshot_runs(settings.runs, Path(snapshot_path).name)):
+        found = sorted(run.glob(f"*/split-{split}/paper.pt"))
+        if found:
+            return str(found[0].parent)
+    raise LookupError(f"no trained model for split {split} of {Path(snapshot_path).name}: run `image2song train` first")
+
+
+def model_vocabulary(model_dir: str) -> str:
+    """The tag vocabulary a trained model's folder was trained on (from its ``training.json``)."""
+    return json.loads((Path(model_dir) / "training.json").read_text())["config"]["vocabulary"]
+
+
+def evaluate(settings: Settings, experiment_dir: str) -> dict:
+    """Score every model of an experiment on its split's test part: R@K, MedR, bootstrap intervals, chance."""
+    from modeling.harness.evaluation import evaluate_models
+
+    summary = evaluate_models(experiment_dir)
+    return {**summary, "experiment_dir": experiment_dir, "model_dir": experiment_dir}
+
+
+def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
+    """The run's report (Markdown + HTML + plots) and the snapshot's report of every run side by side; returns
+    the headline figures (the model Asset's extra)."""
+    from modeling.harness.reports import headline, load_evaluations, write_run_report, write_snapshot_report
+    from modeling.harness.runs import snapshot_runs
+
+    if not evaluations:
+        raise ValueError("nothing to report: no evaluation")
+    run = Path(evaluations[0]["experiment_dir"]).parent.parent
+    meta = json.loads((run / "run.json").read_text())
+    snapshot = Path(snapshot_path).name
+    earlier = [(key, path) for key, path in snapshot_runs(settings.runs, snapshot) if path != run]
+    out = write_run_report(run, snapshot=snapshot, run_key=run.name, params=meta["params"],
+                           earlier=[(k, load_evaluations(p)) for k, p in earlier])
+    latest = write_snapshot_report(settings.home / "reports", snapshot, [*earlier, (run.name, run)])
+    lines = ["| tags | split | model | R@10 [95 % CI] | MedR [95 % CI] | chance R@10 | chance MedR |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    headlines = {}
+    for e in out["evaluations"]:
+        for model in ("paper", "hybrid", "conse", "control"):
+            h = headline(e, model)
+            if h is None:
+                continue
+            headlines[f"{e['vocabulary']} {e['split']} {model}"] = {k: v for k, v in h.items() if "ci95" not in k}
+            r10 = "–" if h["R@10"] is None else f"{h['R@10']:.1f} [{h['R@10 ci95'][0]:.1f}, {h['R@10 ci95'][1]:.1f}]"
+            lines.append(f"| {e['vocabulary']} | {e['split'].upper()} | {model} | {r10} | {h['MedR']:.1f} "
+                         f"[{h['MedR ci95'][0]:.1f}, {h['MedR ci95'][1]:.1f}] | {h['chance R@10'] or 0:.1f} | {h['chance MedR']:.1f} |")
+    return {"report": out["report_md"], "report_html": out["report_html"], "snapshot_report": latest["report"],
+            "snapshot": snapshot_path, "run_dir": str(run), "run_key": run.name,
+            "splits": {f"{e['vocabulary']} {e['split']}": {"model_dir": str(run / e["vocabulary"] / f"split-{e['split']}")}
+                       for e in out["evaluations"]},
+            "headline": headlines, "table": "\n".join(lines)}
 
 
 def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
@@ -425,30 +511,3 @@ def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:
     if latest is None:
         raise LookupError("no snapshot yet: run `image2song snapshot build` (or the refresh DAG) first")
     return latest["path"]
-
-
-def _cell(metrics: dict, key: str) -> str:
-    # R@K is left out where K reaches the number of candidates (it would be 100% by construction).
-    return f"{metrics[key]:.1f}" if key in metrics else "–"
-
-
-def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
-    """One Markdown report per snapshot: a row per split and direction, the model next to chance."""
-    rows = sorted(evaluations, key=lambda e: e["split"])
-    lines = [f"# Evaluation of snapshot {Path(snapshot_path).name}", "",
-             "R@K in %; ranks are 1-based (MedR: median rank of the true item, lower is better).", "",
-             "| split | direction | queries | candidates | R@1 | R@5 | R@10 | MedR | chance R@1 | chance R@10 | chance MedR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in rows:
-        for key, direction in (("image_to_song", "image → song"), ("song_to_image", "song → image")):
-            d = e[key]
-            m, c = d["model"], d["chance"]
-            lines.append(f"| {e['split'].upper()} | {direction} | {d['n_queries']} | {d['n_candidates']} | "
-                         f"{_cell(m, 'R@1')} | {_cell(m, 'R@5')} | {_cell(m, 'R@10')} | {_cell(m, 'MedR')} | "
-                         f"{_cell(c, 'R@1')} | {_cell(c, 'R@10')} | {_cell(c, 'MedR')} |")
-    out = settings.home / "reports" / f"{Path(snapshot_path).name}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    return {"report": str(out), "snapshot": snapshot_path,
-            "splits": {e["split"]: {"model_dir": e["model_dir"], **e["image_to_song"]["model"]} for e in rows},
-            "table": "\n".join(lines[4:])}

@@ -1,10 +1,12 @@
-"""Image tagging, word vectors, lyric encoder, models, training, evaluation and retrieval.
+"""Image tagging, word vectors, lyric encoder, models and baselines (``models/``), the harness that trains,
+evaluates and reports them (``harness/``), and search.
 
 Stage functions (each takes plain arguments and returns a small, loggable summary dict):
 
 - ``modeling.tags.extract_tags``         snapshot images -> tag store -> per-vocabulary views (Parquet)
-- ``modeling.training.train``            snapshot + tags -> ``model.pt`` + ``training.json``
-- ``modeling.evaluation.evaluate``       model + snapshot + tags -> ``report.json`` + ``report.md``
+- ``modeling.harness.training.train_models``     snapshot + tags -> every model (``<name>.pt``) + ``training.json``
+- ``modeling.harness.evaluation.evaluate_models`` those models on the test part -> ``evaluation.json``
+- ``modeling.harness.reports.write_run_report``  a run's evaluations -> ``report.md`` + ``report.html`` + plots
 - ``modeling.search.SongSearch``         an image -> top-k songs (and a song -> top-k images), indexed
 
 Importing this package is cheap: torch and friends are imported by the submodules only, so

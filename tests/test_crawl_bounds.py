@@ -140,6 +140,26 @@ def test_odd_values_never_stop_the_stage_and_are_kept_on_the_record(http_server,
     assert (again["attempted"], again["failed"]) == (3, 3)
 
 
+def test_a_page_cut_short_without_a_length_is_not_stored_with_empty_fields(http_server):
+    base, routes = http_server
+    whole = post_html(1)
+
+    def cut(h):  # no Content-Length, no chunking: the body ends when the connection closes
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.wfile.write(whole[:whole.index(b"<span class='song-artist'>") + 40])
+        h.close_connection = True
+
+    routes["/posts"] = lambda h: h.reply(200, b"<html><body><a class='post-link' href='/post/p1'>x</a></body></html>")
+    routes["/post/p1"] = cut
+    state = MemoryState()
+    result = crawl_posts(HtmlSiteSource(base), client(), state)
+    assert result["failed"] == 1 and not state.posts
+    assert "cut short" in state.urls[base + "/post/p1"]["error"]
+
+
 def test_a_failing_page_spends_its_retry_budget_then_fails_for_good(http_server, db_url):
     base, routes = http_server
     routes["/posts"] = lambda h: h.reply(200, b"<html><body><a class='post-link' href='/post/bad'>x</a></body></html>")

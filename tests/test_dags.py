@@ -58,12 +58,43 @@ def test_dags_import_cheaply(tmp_path):
     assert found["tasks"]["refresh"] == ["build_snapshot", "crawl_posts", "discover_posts", "enqueue_review",
                                          "fetch_images", "fetch_lyrics", "filter_lyrics", "migrate_catalog",
                                          "plan_images", "reconcile_objects"]
-    assert found["tasks"]["train"] == ["choose_snapshot", "evaluate_model", "extract_tags", "report", "splits",
-                                       "train_model"]
+    assert found["tasks"]["train"] == ["choose_snapshot", "evaluate_models", "experiments", "extract_tags", "report",
+                                       "train_models"]
+
+
+PARAMS = r"""
+import copy, json
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder="dags/train.py").dags["train"]
+verdicts = {}
+for name, conf in json.loads(__import__("sys").argv[1]).items():
+    params = copy.deepcopy(dag.params)
+    try:
+        params.update(conf)
+        params.validate()
+        verdicts[name] = "ok"
+    except Exception as error:
+        verdicts[name] = type(error).__name__
+print(json.dumps(verdicts))
+"""
+
+
+def test_train_params_are_validated(tmp_path):
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
+    confs = {"defaults": {}, "chosen": {"model": "bilstm", "loss": "margin", "tag_vocabularies": ["obj+attr"],
+                                        "epochs": 3, "seed": 7, "baselines": ["conse"], "word_vectors": "x.bin"},
+             "bad loss": {"loss": "hinge"}, "bad model": {"model": "transformer"}, "bad vocabulary": {"tag_vocabularies": ["colors"]},
+             "bad baseline": {"baselines": ["bm25"]}, "zero epochs": {"epochs": 0}}
+    result = subprocess.run([sys.executable, "-c", PARAMS, json.dumps(confs)], cwd=PROJECT_ROOT,
+                            env=airflow_environment(settings), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    verdicts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert verdicts["defaults"] == verdicts["chosen"] == "ok"
+    assert all(v == "ParamValidationError" for k, v in verdicts.items() if k.startswith(("bad", "zero"))), verdicts
 
 
 HEAVY = {"fetch_images": "heavy_cpu", "build_snapshot": "heavy_cpu", "extract_tags": "accelerator",
-         "train_model": "accelerator", "evaluate_model": "heavy_cpu"}
+         "train_models": "accelerator", "evaluate_models": "heavy_cpu"}
 
 
 def test_every_task_has_retries_a_timeout_and_a_failure_callback(tmp_path):

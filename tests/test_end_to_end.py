@@ -62,11 +62,13 @@ def test_every_stage_in_process(tmp_path):
     tags = stages.extract_tags(settings, snapshot["path"])
     results = []
     for split in ("a", "b"):
-        model = stages.train(settings, snapshot["path"], tags["tags_path"], split=split, epochs=2)
-        results.append(stages.evaluate(settings, model["model_dir"], snapshot["path"], tags["tags_path"]))
+        model = stages.train(settings, snapshot["path"], tags["tags_paths"], split=split, vocabulary="imagenet",
+                             params={"epochs": 2})
+        results.append(stages.evaluate(settings, model["experiment_dir"]))
     report = stages.report(settings, results, snapshot["path"])
     text = open(report["report"]).read()
-    assert "| A |" in text and "| B |" in text and "chance" in text
+    assert "split A" in text and "split B" in text and "*chance*" in text and "lyric-free control" in text
+    assert "| A |" in report["table"] and "| B |" in report["table"]
 
 
 def test_demo_runs_both_dags_under_the_airflow_scheduler(tmp_path):

@@ -285,7 +285,8 @@ def test_filter_pending_routes_and_counts_on_both_databases(db_url):
     counts = filter_pending(db_url, FilterConfig())
     assert counts == {"judged": 7, "approved": 1, "rejected": 4, "review": 2, "rejected:duplicate": 1,
                       "rejected:non-English": 1, "rejected:not found": 1, "rejected:placeholder": 1,
-                      "review:too short": 1, "review:uncertain match": 1, "rejudged": 0, "rejudged_changed": 0}
+                      "review:too short": 1, "review:uncertain match": 1, "rejudged": 0, "rejudged_changed": 0,
+                      "attempted": 7, "failed": 0, "failures": []}
     with session_scope(db_url) as session:
         rows = {c.song_id: c for c in session.scalars(select(LyricCandidate))}
         assert all(c.reason and c.decided_by == "filters" and c.scores.get("filters") for c in rows.values())
@@ -297,7 +298,8 @@ def test_filter_pending_routes_and_counts_on_both_databases(db_url):
     store_lyric(db_url, 8, "lrclib", _hit(8, "Silver fields of home\n" + ENGLISH))
     # The earlier verdicts on that text (song 1 approved, song 6 rejected) are judged again with it, unchanged.
     assert filter_pending(db_url) == {"judged": 1, "approved": 0, "rejected": 1, "review": 0,
-                                      "rejected:duplicate": 1, "rejudged": 2, "rejudged_changed": 0}
+                                      "rejected:duplicate": 1, "rejudged": 2, "rejudged_changed": 0,
+                                      "attempted": 1, "failed": 0, "failures": []}
 
 
 def test_fetch_and_filter_stages_against_the_demo_world(tmp_path, caplog):
@@ -618,3 +620,25 @@ def test_an_outage_mid_run_changes_no_verdict_and_the_end_equals_a_clean_run(htt
     with session_scope(db_url) as session:
         approved = [c.text_hash for c in session.scalars(select(LyricCandidate).where(LyricCandidate.verdict == "approved"))]
     assert len(approved) == len(set(approved)), "a text approved on more than one song"
+
+
+def test_a_filter_that_breaks_on_one_lyric_sends_it_to_review_and_goes_on(db_url, monkeypatch):
+    import curation.lyrics.filters as filters
+
+    _songs(db_url, ["Good One", "Bad One", "Fine One"])
+    for song_id, text in ((1, ENGLISH), (2, ENGLISH.replace("river", "poison")), (3, ENGLISH.replace("river", "sea"))):
+        store_lyric(db_url, song_id, "lrclib", _hit(song_id, text))
+    real = filters.detect_language
+
+    def fragile(text, backend="langdetect"):
+        if "poison" in text:
+            raise UnicodeError("the detector choked")
+        return real(text, backend)
+
+    monkeypatch.setattr(filters, "detect_language", fragile)
+    counts = filter_pending(db_url)
+    assert counts["attempted"] == 3 and counts["failed"] == 1 and counts["approved"] == 2
+    assert counts["failures"] == [("song 2 'Bad One'", "filter error: UnicodeError: the detector choked")]
+    with session_scope(db_url) as session:
+        bad = session.scalar(select(LyricCandidate).where(LyricCandidate.song_id == 2))
+        assert bad.verdict == "review" and bad.reason.startswith("filter error: UnicodeError")

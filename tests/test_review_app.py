@@ -17,7 +17,8 @@ from sqlalchemy import func, select
 from curation.review import queue as rq
 from curation.catalog import ReviewEvent, ReviewItem, session_scope
 from curation.catalog.models import ReviewAssignment
-from curation.review.app import ReviewConfig, create_app
+from curation.review.app import ReviewConfig, create_app, server_config
+from curation.review.security import ThrottleConfig
 from curation.review.users import add_curator
 from test_review_queue import make_items
 
@@ -33,7 +34,7 @@ def running_app(config: ReviewConfig):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(create_app(config)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -52,8 +53,21 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)
 
 
-def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+def client() -> requests.Session:
+    """An HTTP client that resends a request whose connection broke, as the page does: every API
+    call is safe to resend (a submit is keyed by its lease token)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
     session = requests.Session()
+    retry = Retry(total=4, connect=4, read=4, status=0, other=0, allowed_methods=None, backoff_factor=0.2,
+                  raise_on_status=False)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+    session = client()
     page = session.get(f"{base}/login")
     response = session.post(f"{base}/login", data={"name": name, "password": password, "csrf": csrf_of(page.text)},
                             allow_redirects=False)
@@ -94,7 +108,8 @@ def test_anonymous_gets_the_login_page_and_nothing_else(app_env):
 
 def test_login_needs_csrf_and_is_rate_limited(app_env):
     db_url, store = app_env
-    with running_app(ReviewConfig(db_url=db_url, object_store=store, login_failures=3)) as base:
+    with running_app(ReviewConfig(db_url=db_url, object_store=store,
+                                  throttle=ThrottleConfig(free_failures=3, base_delay=60))) as base:
         fresh = requests.Session()
         fresh.get(f"{base}/login")
         no_token = fresh.post(f"{base}/login", data={"name": "ann", "password": PASSWORD}, allow_redirects=False)
@@ -135,8 +150,9 @@ def test_curators_cannot_use_admin_pages_and_disabled_accounts_are_out(app_env):
     [item, _] = make_items(db_url, 2, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store, user_cache_seconds=0)) as base:
         ann = login(base, "ann")
-        for path in ["/admin", "/admin/audit", "/admin/export.jsonl"]:
+        for path in ["/admin", "/admin/audit", "/admin/export.jsonl", "/admin/find?q=Song"]:
             assert ann.get(base + path).status_code == 403
+        assert ann.post(f"{base}/admin/reopen/{item}", data={"csrf": ann.headers["X-CSRF-Token"]}).status_code == 403
         assert ann.post(f"{base}/admin/settle/{item}", data={"decision": "accept",
                                                             "csrf": ann.headers["X-CSRF-Token"]}).status_code == 403
         assert ann.post(f"{base}/admin/curators", data={"name": "ann", "password": "x" * 10, "role": "admin",
@@ -202,7 +218,7 @@ def test_curator_api_claim_submit_replay_undo_and_images(app_env):
         assert answer["result"]["replayed"] is False and again["result"]["replayed"] is True
         assert answer["next"]["item"] != first["item"] and again["next"]["item"] not in (first["item"], answer["next"]["item"])
         bad = ann.post(f"{base}/api/submit", json={"token": answer["next"]["token"], "decision": "edit", "text": " "})
-        assert bad.status_code == 400
+        assert bad.status_code == 422 and "corrected lyric" in bad.json()["error"]
         ann.post(f"{base}/api/submit", json={"token": answer["next"]["token"], "decision": "reject-not-found"})
         undone = ann.post(f"{base}/api/undo").json()
         assert undone["item"]["item"] == answer["next"]["item"] and undone["undone"]["decision"] == "reject-not-found"
@@ -221,7 +237,7 @@ def test_curator_api_claim_submit_replay_undo_and_images(app_env):
         assert released == {"released": 1}
 
 
-def run_curators(base: str, names: list[str], seconds: float = 120) -> tuple[list[int], list[str]]:
+def run_curators(base: str, names: list[str], seconds: float = 600) -> tuple[list[int], list[str]]:
     """Each curator logs in and works until the queue is empty: save-and-next, with a retried
     (duplicate) submit now and then. Returns the items each decision was recorded for, and errors."""
     recorded: list[int] = []
@@ -245,6 +261,9 @@ def run_curators(base: str, names: list[str], seconds: float = 120) -> tuple[lis
                 with lock:
                     recorded.append(data["result"]["item"])
                 item = data["next"]
+                if item is None:  # as a reopened page does: pick up a claim a resent request left behind
+                    held = session.post(f"{base}/api/resume").json()["items"]
+                    item = held[0] if held else None
                 count += 1
         except Exception as error:  # collected and reported by the test
             with lock:

@@ -109,3 +109,130 @@ def test_curator_works_the_queue_by_keyboard(browser, tmp_path):
         assert rows[int(seen[0].lstrip("#"))].decision == "accept"
         actions = [e.action for e in session.scalars(select(ReviewEvent).order_by(ReviewEvent.id))]
         assert actions.count("undo") == 1 and actions.count("decide") == len(items) + 1
+
+
+def test_curator_page_for_a_team(browser, tmp_path):
+    """Heartbeat and lease timer, a lost lease that keeps the text and claims again, skip, a comment,
+    the key-help overlay, items remaining, the recent-decisions sidebar, and bidi-isolated titles."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from curation.catalog import Song
+    from curation.catalog.models import ReviewAssignment
+    from curation.review import queue as rq
+
+    db_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    from curation.catalog import upgrade
+
+    upgrade(db_url)
+    store = str(tmp_path / "objects")
+    items = make_items(db_url, 6, object_store=store)
+    with session_scope(db_url) as session:  # a right-to-left override in every title
+        session.execute(update(Song).values(title="\u202e" + Song.title))
+    add_curator(db_url, "ann", PASSWORD)
+    lease_seconds = 9
+    with running_app(ReviewConfig(db_url=db_url, object_store=store, lease_seconds=lease_seconds)) as base:
+        page = browser.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(base + "/login")
+        page.fill("input[name=name]", "ann")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('next item ready')")
+        page.wait_for_function("() => /^\\d+$/.test(document.querySelector('#remaining').textContent)")
+        assert page.text_content("#remaining") == str(len(items))
+        page.wait_for_function("() => /^\\d:\\d\\d left$/.test(document.querySelector('#lease-left').textContent)")
+
+        # bidi: the override stays inside the title; the artist is still shown after (right of) it
+        title_box, artist_box = page.locator("#title").bounding_box(), page.locator("#artist").bounding_box()
+        assert artist_box["x"] > title_box["x"] + title_box["width"] - 1
+        assert page.get_attribute("#lyric", "dir") == "auto"
+
+        def current() -> int:
+            return int(page.text_content("#item-id").lstrip("#"))
+
+        def wait_off(item: int) -> None:
+            page.wait_for_function("(item) => document.querySelector('#item-id').textContent !== '#' + item", arg=item)
+
+        # help overlay: ? opens, Esc closes; keys do not decide while it is open
+        page.keyboard.press("?")
+        page.wait_for_selector("#help:not([hidden])")
+        first = current()
+        page.keyboard.press("a")
+        assert current() == first
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#help", state="hidden")
+
+        # an open editor keeps its lease past the first expiry (the heartbeat renews it)
+        page.keyboard.press("e")
+        page.wait_for_selector("#corrected:focus")
+        page.fill("#corrected", "kept through the heartbeat")
+        held = {lease["item"]: datetime.fromisoformat(lease["expires_at"]) for lease in rq.my_leases(db_url, "ann")}
+        assert len(held) == 2 and first in held  # the one on screen and the pre-claimed next one
+        latest_expiry = max(held.values())
+        page.wait_for_function(f"() => Date.now() > {(latest_expiry + timedelta(seconds=1)).timestamp() * 1000}")
+        renewed = {lease["item"] for lease in rq.my_leases(db_url, "ann")}  # live leases only
+        assert renewed == set(held)  # both outlived their first expiry: the heartbeat renewed them
+        page.keyboard.press("Control+Enter")
+        wait_off(first)
+        page.wait_for_function("() => document.querySelectorAll('#recent-list li').length === 1")
+        assert rq.find_items(db_url, str(first))[0]["decision"] == "edit"
+
+        # a lease lost anyway (taken over while the editor is open): the text stays, claim it again
+        second = current()
+        assert second in held  # the pre-claimed item, kept all along
+        page.keyboard.press("e")
+        page.wait_for_selector("#corrected:focus")
+        page.fill("#corrected", "my careful words")
+        with session_scope(db_url) as session:
+            session.execute(update(ReviewAssignment).where(ReviewAssignment.item_id == second)
+                            .values(lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        bob = rq.claim(db_url, "bob", item_id=second)
+        assert bob is not None
+        page.wait_for_selector("#lost:not([hidden])")
+        assert page.input_value("#lost-text") == "my careful words"
+        page.click("#reclaim")
+        page.wait_for_function("() => document.querySelector('#message').textContent.includes('Someone else has')")
+        rq.release(db_url, bob["token"], "bob")
+        page.click("#reclaim")
+        page.wait_for_selector("#corrected:focus")
+        assert current() == second and page.input_value("#corrected") == "my careful words"
+        page.keyboard.press("Control+Enter")
+        wait_off(second)
+
+        # skip: the item goes back (to someone else first)
+        skipped = current()
+        page.keyboard.press("k")
+        wait_off(skipped)
+
+        # a comment goes with the decision
+        commented = current()
+        page.keyboard.press("c")
+        page.wait_for_selector("#comment:focus")
+        page.keyboard.type("chorus is from another song")
+        page.keyboard.press("Enter")
+        page.keyboard.press("o")
+        wait_off(commented)
+        page.wait_for_function("() => document.querySelectorAll('#recent-list li').length === 3")
+        assert "chorus is from another song" in page.text_content("#recent-list li:first-child")
+
+        # the sidebar changes a recent decision
+        page.click("#recent-list li:first-child button.change")
+        page.wait_for_selector("#revise:not([hidden])")
+        page.select_option("#revise-decision", "reject-instrumental")
+        page.click("#revise-save")
+        page.wait_for_function("() => document.querySelector('#recent-list li:first-child .recent-decision')"
+                               ".textContent === 'reject-instrumental'")
+        page.wait_for_function(f"() => document.querySelector('#remaining').textContent === '{len(items) - 3}'")
+
+    with session_scope(db_url) as session:
+        from curation.catalog.models import ReviewAssignment as Slot
+
+        slots = {slot.item_id: slot for slot in session.scalars(select(Slot))}
+        assert slots[second].corrected_text == "my careful words" and slots[second].lease_owner == "ann"
+        assert slots[commented].decision == "reject-instrumental"
+        assert slots[commented].comment == "chorus is from another song"
+        assert slots[skipped].state in ("open", "leased") and slots[skipped].decision is None
+        actions = [e.action for e in session.scalars(select(ReviewEvent).order_by(ReviewEvent.id))]
+        assert actions.count("skip") == 1 and actions.count("revise") == 1

@@ -213,3 +213,129 @@ def test_cli_decide_closes_open_slots(db_url):
         rq.submit(db_url, lease["token"], "reject-other", curator="ann")
     assert rq.claim(db_url, "bob") is None
     assert rq.export_decisions(db_url)[0]["decided_by"] == "cli"
+
+
+# --- a team's queue: heartbeat, skip, give back and come back, revise, find, reopen ------------
+
+def test_renewed_leases_outlive_their_first_expiry_and_lost_ones_say_so(db_url):
+    make_items(db_url, 2)
+    t0 = datetime.now(timezone.utc)
+    lease = rq.claim(db_url, "ann", lease_seconds=60, now=t0)
+    renewed = rq.renew(db_url, [lease["token"], "forged"], "ann", lease_seconds=60, now=t0 + timedelta(seconds=50))
+    assert renewed["forged"] is None and renewed[lease["token"]] is not None
+    # without the renewal bob would take it over at t0+70; with it the lease still holds
+    taken = rq.claim(db_url, "bob", lease_seconds=60, now=t0 + timedelta(seconds=70))
+    assert taken["item"] != lease["item"]
+    decided = rq.submit(db_url, lease["token"], "accept", curator="ann", now=t0 + timedelta(seconds=100))
+    assert decided["replayed"] is False
+    assert rq.renew(db_url, [lease["token"]], "ann")[lease["token"]] is None  # decided: nothing to renew
+    assert rq.renew(db_url, [taken["token"]], "ann")[taken["token"]] is None  # not hers
+
+
+def test_skipped_items_go_to_someone_else_first_then_back(db_url):
+    items = make_items(db_url, 2)
+    first = rq.claim(db_url, "ann")
+    rq.skip(db_url, first["token"], "ann")
+    second = rq.claim(db_url, "ann")
+    assert second["item"] != first["item"]  # not the skipped one while another waits
+    assert rq.claim(db_url, "bob")["item"] == first["item"]  # someone else gets it first
+    rq.submit(db_url, second["token"], "accept", curator="ann")
+    assert rq.claim(db_url, "ann") is None  # bob holds the only one left
+    assert events(db_url, "skip") == {first["item"]: 1}
+    with pytest.raises(rq.LeaseLost):
+        rq.skip(db_url, first["token"], "ann")
+    assert sorted(items) == sorted([first["item"], second["item"]])
+
+
+def test_skipped_item_comes_back_to_its_curator_when_nothing_else_is_left(db_url):
+    [item] = make_items(db_url, 1)
+    lease = rq.claim(db_url, "ann")
+    rq.skip(db_url, lease["token"], "ann")
+    assert rq.claim(db_url, "ann")["item"] == item
+
+
+def test_given_back_claims_return_to_their_curator_on_the_next_login(db_url):
+    make_items(db_url, 6)
+    mine = [rq.claim(db_url, "ann")["item"] for _ in range(2)]
+    assert rq.my_leases(db_url, "ann")[0]["item"] == mine[0]
+    assert rq.release_all(db_url, "ann") == 2  # logout
+    assert rq.my_leases(db_url, "ann") == []
+    with session_scope(db_url) as session:  # everything else becomes more urgent meanwhile
+        session.execute(ReviewAssignment.__table__.update().where(ReviewAssignment.item_id.not_in(mine))
+                        .values(priority=100))
+    back = [rq.claim(db_url, "ann")["item"], rq.claim(db_url, "ann")["item"]]
+    assert sorted(back) == sorted(mine)  # ahead of the more urgent items nobody has seen
+    rq.release_all(db_url, "ann")
+    taken = rq.claim(db_url, "bob", item_id=mine[0])["item"]  # still free: anyone may take them meanwhile
+    assert rq.claim(db_url, "ann")["item"] == (set(mine) - {taken}).pop()
+
+
+def test_a_lost_lease_can_be_claimed_again_when_free(db_url):
+    make_items(db_url, 3)
+    t0 = datetime.now(timezone.utc)
+    lease = rq.claim(db_url, "ann", lease_seconds=1, now=t0)
+    later = t0 + timedelta(seconds=5)
+    again = rq.claim(db_url, "ann", item_id=lease["item"], now=later)
+    assert again["item"] == lease["item"] and again["token"] != lease["token"]
+    with pytest.raises(rq.LeaseLost):
+        rq.submit(db_url, lease["token"], "accept", curator="ann", now=later)
+    assert rq.claim(db_url, "bob", item_id=lease["item"], now=later) is None  # held again by ann
+
+
+def test_comments_reach_the_audit_log_and_the_export(db_url):
+    [item] = make_items(db_url, 1)
+    lease = rq.claim(db_url, "ann")
+    rq.submit(db_url, lease["token"], "reject-other", curator="ann", comment="  two songs glued together ")
+    [event] = rq.audit_log(db_url)
+    assert event["after"]["comment"] == "two songs glued together"
+    [row] = rq.export_decisions(db_url)
+    assert row["comments"] == "ann: two songs glued together"
+    with pytest.raises(ValueError, match="at most"):
+        rq.submit(db_url, "x", "accept", curator="ann", comment="x" * (rq.MAX_COMMENT + 1))
+    with pytest.raises(ValueError, match="not one song"):
+        rq.submit(db_url, "x", "edit", "la " * rq.MAX_TEXT, curator="ann")
+
+
+def test_recent_decisions_stay_editable_until_a_snapshot_includes_them(db_url):
+    items = make_items(db_url, 2, lyric=lambda i: f"original words {i}")
+    first = rq.claim(db_url, "ann")
+    rq.submit(db_url, first["token"], "edit", "fixed words", curator="ann")
+    [recent] = rq.recent_decisions(db_url, "ann")
+    assert recent["item"] == first["item"] and recent["editable"] and recent["decision"] == "edit"
+    rq.revise(db_url, "ann", first["item"], "reject-instrumental", comment="it is a drum solo")
+    with session_scope(db_url) as session:
+        item = session.get(ReviewItem, first["item"])
+        candidate = session.get(LyricCandidate, item.candidate_id)
+        assert item.decision == "reject-instrumental" and candidate.verdict == "rejected"
+        assert candidate.text == f"original words {items.index(first['item'])}"  # the edit's text is undone
+    assert [e["action"] for e in rq.audit_log(db_url)][:1] == ["revise"]
+    with pytest.raises(rq.NotEditable):
+        rq.revise(db_url, "bob", first["item"], "accept")  # not bob's decision
+    from curation.catalog import SnapshotRecord
+
+    with session_scope(db_url) as session:
+        session.add(SnapshotRecord(version="v1", uri="x", manifest_sha256="0" * 64))
+    [recent] = rq.recent_decisions(db_url, "ann")
+    assert not recent["editable"] and recent["why_locked"] == "in a snapshot"
+    with pytest.raises(rq.NotEditable, match="snapshot"):
+        rq.revise(db_url, "ann", first["item"], "accept")
+
+
+def test_admin_finds_items_and_reopens_a_decision(db_url):
+    items = make_items(db_url, 12, lyric=lambda i: f"words {i}")
+    assert [row["item"] for row in rq.find_items(db_url, "song 11")] == [items[11]]
+    assert {row["item"] for row in rq.find_items(db_url, "ARTIST 3")} == {items[3], items[8]}
+    assert [row["item"] for row in rq.find_items(db_url, str(items[5]))] == [items[5]]
+    assert rq.find_items(db_url, "100%_") == []  # wildcards are literal
+    rq.decide(db_url, items[4], "edit", "boss", "corrected words", comment="typo fixed")
+    with pytest.raises(ValueError, match="not decided"):
+        rq.reopen(db_url, items[5], "boss")
+    rq.reopen(db_url, items[4], "boss", comment="check again")
+    with session_scope(db_url) as session:
+        item = session.get(ReviewItem, items[4])
+        candidate = session.get(LyricCandidate, item.candidate_id)
+        assert item.state == "pending" and candidate.verdict == "review" and candidate.text == "words 4"
+    last = rq.audit_log(db_url, item_id=items[4])[0]
+    assert last["action"] == "reopen" and last["before"]["decision"] == "edit" and last["after"]["state"] == "pending"
+    claimed = {rq.claim(db_url, f"c{i}")["item"] for i in range(12)}
+    assert items[4] in claimed  # back in the queue

@@ -129,20 +129,20 @@ def _task(root: Path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     pytest.importorskip("torch")
-    from modeling.training import train
+    from modeling.harness.training import train_models
     from modeling.word_vectors import load_word_vectors
 
     root = tmp_path_factory.mktemp("search")
     snap, tags, classes, names = _task(root)
-    train(snap, tags, root / "model", split="b", epochs=25, hidden=32, mlp_hidden=128, seed=0,
-          word_vectors=load_word_vectors(), progress=False, device="cpu")
+    train_models(snap, tags, root / "model", split="b", models=("paper",), attention=False, epochs=25, hidden=32,
+                 mlp_hidden=128, seed=0, word_vectors=load_word_vectors(), device="cpu")
     return root, snap, tags, classes, names
 
 
 def _test_images(tags_path, snap):
-    from modeling.search.songs import _load_tags
+    from modeling.tags import load_tags
 
-    _, probs, shas = _load_tags(tags_path)
+    _, probs, shas = load_tags(tags_path)
     trip = pd.read_parquet(snap / "triplets.parquet").set_index("image_sha256")
     return [(probs[i], trip.song_id[s]) for i, s in enumerate(shas) if trip.split_b[s] == "test"]
 
@@ -218,7 +218,7 @@ def test_search_an_image_file_from_the_command_line(trained, tmp_path, monkeypat
     image.write_bytes(buf.getvalue())
     monkeypatch.setenv("IMAGE2SONG_HOME", str(tmp_path / "home"))
     # the tags of this snapshot are already there: the stage would find them under the state folder
-    monkeypatch.setattr(stages, "extract_tags", lambda settings, snapshot: {"tags_path": str(tags)})
+    monkeypatch.setattr(stages, "extract_tags", lambda settings, snapshot, vocabulary: {"tags_path": str(tags)})
     argv = ["search", str(image), "--snapshot", str(snap), "--model", str(root / "model"), "--top", "3"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.rstrip().splitlines()

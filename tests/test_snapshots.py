@@ -690,3 +690,49 @@ def test_diff_at_content_level(db_url, tmp_path):
     assert expected and diff["moved"]["split_a"]["test_to_train_ids"] == expected
     assert diff["moved"]["split_a"]["test_to_train"] == diff["moved"]["split_a"]["train_to_test"] == len(expected)
     assert diff["songs"]["lyric_changed"] == 0 and diff["triplets"]["changed"] == 0
+
+
+def test_datasheet_answers_every_question_from_the_manifest_and_settings(tmp_path):
+    from curation.catalog import upgrade
+    from image2song import stages
+    from image2song.settings import Settings
+
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path / "state"),
+                                  "IMAGE2SONG_DATASET_LICENSE": "CC BY-NC 4.0 for the metadata",
+                                  "IMAGE2SONG_MAINTAINER": "Data Team <data@example.org>",
+                                  "IMAGE2SONG_RETENTION": "kept 2 years; removal within 30 days of a request"})
+    settings.home.mkdir(parents=True)
+    upgrade(settings.db_url)
+    fill_catalog(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        from datetime import datetime, timezone
+
+        for post in session.scalars(select(Post)):
+            post.posted_at = datetime(2026, 1, 1 + post.id % 28, tzinfo=timezone.utc)
+    sheet = open(f"{stages.build_snapshot(settings, test_songs=3)['path']}/datasheet.md").read()
+    questions = ["For what purpose", "Who created it", "Who funded it", "What do the instances represent",
+                 "How many instances", "A sample of a larger set", "What data does each instance",
+                 "label or target", "information missing", "Relationships between", "Recommended splits",
+                 "Errors, noise", "Self-contained", "Confidential data", "Offensive", "relate to people",
+                 "Can individuals be identified", "Sensitive data", "How was the data acquired",
+                 "Mechanisms", "Sampling strategy", "Who was involved", "Timeframe", "Ethical review",
+                 "via third parties", "consent", "Impact analysis", "What was done", "raw data saved",
+                 "preprocessing software", "Used already", "Repository of uses", "Other possible uses",
+                 "affect future uses", "Uses to avoid", "Distributed to third parties", "How?", "When?",
+                 "Licence and terms of use", "Third-party restrictions", "Export controls", "Who maintains it",
+                 "Erratum", "Will it be updated", "Retention limits", "older versions", "contribute"]
+    missing = [q for q in questions if q not in sheet]
+    assert not missing, missing
+    assert "CC BY-NC 4.0 for the metadata" in sheet and "Data Team <data@example.org>" in sheet
+    assert "kept 2 years; removal within 30 days of a request" in sheet
+    assert "Posts made from 2026-01-01 to 2026-01-28" in sheet
+    assert "`post_url`, `external_id`\n  and `source` identify the post" in sheet
+
+
+def test_the_manifest_hash_survives_json_round_trips(db_url, tmp_path):
+    """Songs occurring 6 and 12 times: the manifest's integer keys become strings in JSON and sort
+    otherwise; the manifest's own hash must be over what readers see."""
+    fill_catalog(db_url, songs=12, posts_per_song=6)
+    fill_catalog(db_url, songs=3, posts_per_song=12)
+    path = build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"]
+    assert set(load_snapshot(path).manifest["figures"]["eligible"]["occurrences"]) == {"6", "12"}

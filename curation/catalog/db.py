@@ -18,9 +18,13 @@ def engine_for(db_url: str) -> Engine:
     """One engine per URL and process. SQLite gets WAL, a busy timeout and foreign keys."""
     if db_url.startswith("sqlite"):
         path = db_url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        in_memory = "///" not in db_url or path in ("", ":memory:")
+        if not in_memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(db_url, connect_args={"timeout": 30})
+        # As many connections as the review app has worker threads (40), so twenty curators' requests
+        # never queue for a connection (SQLite connections are cheap; writers still take turns).
+        pool = {} if in_memory else {"pool_size": 20, "max_overflow": 20}
+        engine = create_engine(db_url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001

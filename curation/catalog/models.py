@@ -41,7 +41,8 @@ class CrawlUrl(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     url: Mapped[str] = mapped_column(String(2000))
     kind: Mapped[str] = mapped_column(String(20))  # list | post | image
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | done | error | failed (retry budget spent) | disallowed
+    # pending | done | error | failed (retry budget spent) | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     http_status: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(String(400))
@@ -84,7 +85,8 @@ class Image(Base):
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2000), unique=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    # pending | stored | duplicate | error | failed (retry budget spent) | rejected | disallowed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     phash: Mapped[str | None] = mapped_column(String(32))
@@ -177,6 +179,7 @@ class ReviewItem(Base):
     decided_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     overlap: Mapped[int | None]  # independent decisions wanted (null: one); see ReviewAssignment
+    comment: Mapped[str | None] = mapped_column(Text)  # an admin's note when settling or deciding outright
     candidate: Mapped[LyricCandidate] = relationship()
     __table_args__ = (Index("ix_review_items_queue", "state", "priority"),)
 
@@ -214,11 +217,17 @@ class ReviewAssignment(Base):
     corrected_text: Mapped[str | None] = mapped_column(Text)
     claimed_at: Mapped[datetime | None]
     submitted_at: Mapped[datetime | None]
+    comment: Mapped[str | None] = mapped_column(Text)  # the curator's note on the decision
+    # Who last gave the open slot back, and how: "released" (left the page, logged out; it comes back
+    # to her first) or "skipped" (it goes to someone else first).
+    left_by: Mapped[str | None] = mapped_column(String(100))
+    left_how: Mapped[str | None] = mapped_column(String(20))
     __table_args__ = (
         UniqueConstraint("item_id", "slot", name="uq_review_assignments_item_slot"),
         UniqueConstraint("lease_token", name="uq_review_assignments_token"),
         Index("ix_review_assignments_claim", "state", "priority", "id"),
         Index("ix_review_assignments_owner", "lease_owner", "state"),
+        Index("ix_review_assignments_left", "left_by", "state"),
     )
 
 
@@ -232,6 +241,19 @@ class Curator(Base):
     role: Mapped[str] = mapped_column(String(20), default="curator")  # curator | admin
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewSession(Base):
+    """A logged-in browser: the cookie carries a random id, the catalog keeps its hash, so ending a
+    session (logout, password change, disabled account, "log out everywhere") is deleting rows."""
+
+    __tablename__ = "review_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    curator: Mapped[str] = mapped_column(String(100), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
 
 
 class SnapshotRecord(Base):

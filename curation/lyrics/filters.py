@@ -303,8 +303,13 @@ def judge_many(lyrics: Iterable[Lyric], config: FilterConfig = FilterConfig(),
     verdicts = []
     for item, digest in zip(lyrics, hashes):
         same = [o for o in by_hash.get(digest, []) if o.song_id != item.key] if digest else []
-        verdicts.append(judge(item.text, instrumental=item.instrumental, match_score=item.match_score,
-                              config=config, title=item.title, same_text=same, match_review=item.match_review))
+        try:
+            verdicts.append(judge(item.text, instrumental=item.instrumental, match_score=item.match_score,
+                                  config=config, title=item.title, same_text=same, match_review=item.match_review))
+        except Exception as error:  # noqa: BLE001 - one lyric that breaks a filter goes to a curator
+            log.warning("filters failed on song %s: %s: %s", item.key, type(error).__name__, error)
+            verdicts.append(Verdict("review", f"filter error: {type(error).__name__}: {str(error)[:300]}",
+                                    {"filter_error": f"{type(error).__name__}: {str(error)[:300]}"}))
     return verdicts
 
 
@@ -374,5 +379,8 @@ def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[s
             candidate.verdict, candidate.reason, candidate.decided_by = verdict.verdict, verdict.reason, "filters"
             candidate.scores = {**(candidate.scores or {}), **verdict.scores}
     counts = count_verdicts(verdicts[:len(pending)])
-    counts.update(rejudged=len(earlier), rejudged_changed=changed)
+    failures = [(f"song {c.song_id} {title!r}", v.reason) for (c, title), v in zip(batch, verdicts)
+                if v.kind == "filter error"]
+    counts.update(rejudged=len(earlier), rejudged_changed=changed, attempted=len(pending), failed=len(failures),
+                  failures=failures[:10])
     return counts

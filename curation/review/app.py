@@ -2,10 +2,13 @@
 
 Safety: anonymous requests get the login page (pages) or 401 (API, images) and nothing else; every
 POST carries the session's CSRF token (form field ``csrf`` or header ``X-CSRF-Token``) and a
-same-origin ``Origin`` when the browser sends one; sessions are signed cookies that expire after
-``idle_seconds`` without a request and ``session_seconds`` after login; failed logins are limited
-per name and per client address. Templates autoescape and the page script only sets
-``textContent``, under a Content-Security-Policy without inline script.
+same-origin ``Origin`` when the browser sends one. Sessions live in the catalog (``sessions``): the
+signed cookie only names one, so logout, a password change, a disabled account and "log out
+everywhere" end them at once. Failed logins slow the targeted account down with growing delays and
+an address that floods is refused (``security.LoginThrottle``). Every input is bounded: bodies
+(413), JSON shapes, sizes and integer ranges (422 with a message). Templates autoescape, user text
+is isolated for bidirectional display, and the page script only sets ``textContent``, under a
+Content-Security-Policy without inline script.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ import logging
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable
 from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from curation.review import queue as rq
-from curation.review import users
+from curation.review import sessions, users
+from curation.review.security import (
+    BodyLimit, LoginThrottle, SecurityHeaders, ThrottleConfig, client_address, parse_networks, retry_after,
+)
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -41,12 +49,9 @@ DECISION_LABELS = {
     "reject-not-found": ("Not found", "f"), "reject-instrumental": ("Instrumental", "i"),
     "reject-other": ("Other problem", "o"),
 }
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                 b"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"),
-    (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store"),
-]
+MAX_ID = 2 ** 31 - 1  # ids are 32-bit integers in the catalog
+MAX_TOKENS = 20  # leases one request may name (a page holds two)
+ItemId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
 @dataclass
@@ -57,12 +62,13 @@ class ReviewConfig:
     lease_seconds: int = rq.LEASE_SECONDS
     idle_seconds: int = 2 * 3600
     session_seconds: int = 12 * 3600
-    login_failures: int = 5  # per name and address, within login_window seconds
-    login_window: int = 300
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    trusted_proxies: str | tuple = ()  # proxies whose X-Forwarded-For is believed (none by default)
+    max_body_bytes: int = 256 * 1024  # a 20,000-character lyric as escaped JSON fits
     secure_cookies: bool = False  # set behind an HTTPS reverse proxy
     on_rebuild: Callable[[], str] | None = None  # e.g. triggers Airflow's refresh DAG, returns a run id
     rebuild_every: int | None = None  # trigger on_rebuild after this many new decisions
-    user_cache_seconds: float = 5.0
+    user_cache_seconds: float = 5.0  # sessions and accounts checked at most this often (other processes)
     extra: dict = field(default_factory=dict)
 
 
@@ -74,61 +80,81 @@ class Forbidden(Exception):
     pass
 
 
-class SecurityHeaders:
-    """Pure ASGI middleware: the same protective headers on every response."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                names = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [
-                    (name, value) for name, value in SECURITY_HEADERS if name not in names]
-            await send(message)
-
-        return await self.app(scope, receive, send_with_headers)
+class BadInput(Exception):
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
 
 
-class LoginLimiter:
-    """Failed logins per key (name@address, and address) in a sliding window."""
+# --- JSON bodies: exact shapes with bounds (extra keys, wrong types, sizes → 422) -----------------
 
-    def __init__(self, failures: int, window: int):
-        self.failures, self.window = failures, window
-        self.seen: dict[str, deque] = defaultdict(deque)
-        self.lock = threading.Lock()
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    def _recent(self, key: str, now: float) -> deque:
-        stamps = self.seen[key]
-        while stamps and stamps[0] < now - self.window:
-            stamps.popleft()
-        return stamps
 
-    def blocked(self, keys: list[tuple[str, int]]) -> bool:
-        now = time.monotonic()
-        with self.lock:
-            return any(len(self._recent(key, now)) >= limit for key, limit in keys)
+Token = Annotated[str, Field(max_length=64)]
+Decision = Annotated[str, Field(max_length=40)]
+Text = Annotated[str | None, Field(max_length=rq.MAX_TEXT)]
+Comment = Annotated[str | None, Field(max_length=rq.MAX_COMMENT)]
 
-    def fail(self, keys: list[tuple[str, int]]) -> None:
-        now = time.monotonic()
-        with self.lock:
-            for key, _ in keys:
-                self._recent(key, now).append(now)
 
-    def forget(self, key: str) -> None:
-        with self.lock:
-            self.seen.pop(key, None)
+class SubmitBody(Body):
+    token: Token
+    decision: Decision
+    text: Text = None
+    comment: Comment = None
+    next: bool = False
+
+
+class TokenBody(Body):
+    token: Token
+    next: bool = False
+
+
+class TokensBody(Body):
+    tokens: Annotated[list[Token], Field(max_length=MAX_TOKENS)] = []
+
+
+class ItemBody(Body):
+    item: Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class ReviseBody(Body):
+    item: Annotated[int, Field(ge=1, le=MAX_ID)]
+    decision: Decision
+    text: Text = None
+    comment: Comment = None
+
+
+def form_text(form, name: str, max_length: int, *, required: bool = False) -> str:
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise BadInput(f"{name} must be text, not a file")
+    if len(value) > max_length:
+        raise BadInput(f"{name} has at most {max_length:,} characters")
+    if required and not value.strip():
+        raise BadInput(f"{name} is required")
+    return value
+
+
+def form_int(form, name: str, low: int, high: int) -> int:
+    raw = form_text(form, name, 20)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{name} must be a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise BadInput(f"{name} must be from {low} to {high}")
+    return value
 
 
 def create_app(config: ReviewConfig) -> FastAPI:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
     env.globals["decisions"] = DECISION_LABELS
-    limiter = LoginLimiter(config.login_failures, config.login_window)
+    throttle = LoginThrottle(config.throttle)
+    trusted = parse_networks(config.trusted_proxies)
     user_cache: dict[str, tuple[float, dict | None]] = {}
+    live_sessions: dict[str, tuple[float, str]] = {}  # session id -> (checked until, curator)
     rebuild = {"count": 0, "lock": threading.Lock(), "last": None}
     hashing = threading.BoundedSemaphore(4)  # argon2 takes 64 MiB a check: a login burst waits its turn
     store = None
@@ -146,11 +172,27 @@ def create_app(config: ReviewConfig) -> FastAPI:
         user_cache[name] = (time.monotonic() + config.user_cache_seconds, found)
         return found
 
+    def forget(name: str) -> None:
+        """This process drops what it cached about ``name``'s account and sessions."""
+        user_cache.pop(name, None)
+        for sid, (_, owner) in list(live_sessions.items()):
+            if owner == name:
+                live_sessions.pop(sid, None)
+
     def session_user(request: Request) -> dict | None:
-        session = request.session
-        name, login_at = session.get("user"), session.get("login_at", 0)
-        if not name or time.time() - login_at > config.session_seconds:
+        sid = request.session.get("sid")
+        if not sid or not isinstance(sid, str):
             return None
+        hit = live_sessions.get(sid)
+        if hit and hit[0] > time.monotonic():
+            name = hit[1]
+        else:
+            found = sessions.check(config.db_url, sid, config.idle_seconds)
+            if found is None:
+                live_sessions.pop(sid, None)
+                return None
+            name, seconds_left = found
+            live_sessions[sid] = (time.monotonic() + min(config.user_cache_seconds, seconds_left), name)
         found = account(name)
         if not found or not found["active"]:
             return None
@@ -172,12 +214,12 @@ def create_app(config: ReviewConfig) -> FastAPI:
             sent = request.headers.get("x-csrf-token")
             if sent is None and request.headers.get("content-type", "").startswith(
                     ("application/x-www-form-urlencoded", "multipart/form-data")):
-                sent = (await request.form()).get("csrf")
+                sent = (await request.form(max_files=0, max_fields=100)).get("csrf")
             if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
                 raise Forbidden("missing or wrong CSRF token; reload the page")
         if path in PUBLIC_PATHS:
             return
-        user = session_user(request)
+        user = await run_in_threadpool(session_user, request)
         if user is None:
             request.session.clear()
             raise NotLoggedIn()
@@ -192,11 +234,14 @@ def create_app(config: ReviewConfig) -> FastAPI:
         return request.url.path.startswith(("/api/", "/image/")) or request.method == "POST" and \
             "application/json" in request.headers.get("content-type", "")
 
-    @app.exception_handler(NotLoggedIn)
-    async def not_logged_in(request: Request, _error):
+    def anonymous(request: Request) -> Response:
         if wants_json(request):
             return JSONResponse({"error": "log in first", "login": "/login"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(NotLoggedIn)
+    async def not_logged_in(request: Request, _error):
+        return anonymous(request)
 
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, error):
@@ -204,11 +249,35 @@ def create_app(config: ReviewConfig) -> FastAPI:
             return JSONResponse({"error": str(error)}, status_code=403)
         return PlainTextResponse(f"Forbidden: {error}", status_code=403)
 
+    def bad(request: Request, message: str, status: int) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": message}, status_code=status)
+        return PlainTextResponse(f"Bad request: {message}", status_code=status)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, error: BadInput):
+        return bad(request, str(error), error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        """Malformed JSON, a wrong shape, too long a text or an integer out of range: 422 and what to fix
+        (anonymous callers learn nothing but that they must log in)."""
+        if getattr(request.state, "user", None) is None and request.url.path not in PUBLIC_PATHS:
+            if await run_in_threadpool(session_user, request) is None:
+                return anonymous(request)
+        problems = []
+        for problem in error.errors()[:5]:
+            if problem.get("type") == "json_invalid":
+                problems.append("the body is not valid JSON")
+                continue
+            where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path"))
+            problems.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}"[:200])
+        return bad(request, "; ".join(problems) or "invalid request", 422)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error):
-        if session_user(request) is None:  # unknown paths tell anonymous callers nothing
-            return RedirectResponse("/login", status_code=303) if not wants_json(request) else \
-                JSONResponse({"error": "log in first"}, status_code=401)
+        if await run_in_threadpool(session_user, request) is None:  # unknown paths tell anonymous callers nothing
+            return anonymous(request)
         return PlainTextResponse(str(error.detail), status_code=error.status_code)
 
     def page(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
@@ -217,7 +286,7 @@ def create_app(config: ReviewConfig) -> FastAPI:
         html = env.get_template(template).render(user=user, csrf=csrf_token(request), flash=flash, **context)
         return HTMLResponse(html, status_code=status)
 
-    # --- login ------------------------------------------------------------------------------
+    # --- login, sessions, account ---------------------------------------------------------------
 
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request):
@@ -227,14 +296,18 @@ def create_app(config: ReviewConfig) -> FastAPI:
 
     @app.post("/login")
     async def login(request: Request):
-        form = await request.form()
-        name, password = str(form.get("name", ""))[:100], str(form.get("password", ""))
-        address = request.client.host if request.client else "?"
-        keys = [(f"user:{name.lower()}@{address}", config.login_failures),
-                (f"addr:{address}", config.login_failures * 4)]
-        if limiter.blocked(keys):
-            return page(request, "login.html", status=429, error="Too many failed attempts; wait a few minutes.")
-        from starlette.concurrency import run_in_threadpool
+        form = await request.form(max_files=0, max_fields=100)
+        name = form_text(form, "name", 100)
+        password = form_text(form, "password", users.MAX_PASSWORD)
+        address = client_address(request.client.host if request.client else None,
+                                 request.headers.get("x-forwarded-for"), trusted)
+        wait, why = throttle.wait_seconds(name, address)
+        if wait > 0:
+            message = (f"Too many failed attempts for this account; try again in {retry_after(wait)} s."
+                       if why == "account" else "Too many failed logins from your address; wait a few minutes.")
+            response = page(request, "login.html", status=429, error=message, name=name)
+            response.headers["retry-after"] = retry_after(wait)
+            return response
 
         def check():
             with hashing:
@@ -242,21 +315,59 @@ def create_app(config: ReviewConfig) -> FastAPI:
 
         user = await run_in_threadpool(check)
         if user is None:
-            limiter.fail(keys)
+            throttle.failed(name, address)
             return page(request, "login.html", status=401, error="Wrong name or password.", name=name)
-        limiter.forget(keys[0][0])
+        throttle.succeeded(name)
+        sid = await run_in_threadpool(sessions.start, config.db_url, user["name"], config.session_seconds)
         request.session.clear()  # a fresh session (and CSRF token) at login
-        request.session.update(user=user["name"], login_at=int(time.time()), csrf=secrets.token_urlsafe(32))
+        request.session.update(sid=sid, csrf=secrets.token_urlsafe(32))
         user_cache.pop(user["name"], None)
         return RedirectResponse("/", status_code=303)
 
+    def end_this_session(request: Request) -> None:
+        sid = request.session.get("sid")
+        if sid:
+            sessions.end(config.db_url, sid)
+            live_sessions.pop(sid, None)
+        request.session.clear()
+
     @app.post("/logout")
     def logout(request: Request):
-        request.session.clear()
+        name = request.state.user["name"]
+        end_this_session(request)
+        rq.release_all(config.db_url, name)  # her claims go back now; they return to her first next time
         return RedirectResponse("/login", status_code=303)
 
+    @app.get("/account", response_class=HTMLResponse)
+    def account_page(request: Request):
+        return page(request, "account.html", sessions=sessions.count(config.db_url, request.state.user["name"]))
+
+    @app.post("/account/logout-everywhere")
+    def logout_everywhere(request: Request):
+        name = request.state.user["name"]
+        sessions.end_all(config.db_url, name)
+        forget(name)
+        request.session.clear()
+        rq.release_all(config.db_url, name)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.post("/account/password")
+    async def change_password(request: Request):
+        form = await request.form(max_files=0, max_fields=100)
+        name = request.state.user["name"]
+        current = form_text(form, "current", users.MAX_PASSWORD)
+        new = form_text(form, "new", users.MAX_PASSWORD)
+        try:
+            await run_in_threadpool(users.change_password, config.db_url, name, current, new)
+        except ValueError as error:
+            request.session["flash"] = f"Password unchanged: {error}"
+            return RedirectResponse("/account", status_code=303)
+        forget(name)
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)  # every session ended, this one too
+
     @app.get("/static/{name}")
-    def static(name: str):
+    def static(name: Annotated[str, PathParam(max_length=40)]):
         if name not in STATIC:
             raise StarletteHTTPException(404)
         return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name],
@@ -273,14 +384,41 @@ def create_app(config: ReviewConfig) -> FastAPI:
             return None
         view = rq.item_view(config.db_url, lease["item"])
         view["images"] = [f"/image/{image}" for image in view["images"]]
-        return {**view, "token": lease["token"], "expires_at": lease["expires_at"]}
+        return {**view, "token": lease["token"], "expires_at": lease["expires_at"],
+                "lease_seconds": config.lease_seconds}
 
     def claim_next(user: dict) -> dict | None:
         return leased_view(rq.claim(config.db_url, user["name"], lease_seconds=config.lease_seconds))
 
+    def status(name: str) -> dict:
+        return {"remaining": rq.remaining(config.db_url), "recent": rq.recent_decisions(config.db_url, name)}
+
     @app.post("/api/claim")
     def api_claim(request: Request):
         return {"item": claim_next(request.state.user)}
+
+    @app.post("/api/resume")
+    def api_resume(request: Request):
+        """A page opening: the curator's live claims (at most two) come back to it, with her status."""
+        name = request.state.user["name"]
+        leases = rq.my_leases(config.db_url, name)
+        for extra in leases[2:]:
+            rq.release(config.db_url, extra["token"], name)
+        return {"items": [leased_view(lease) for lease in leases[:2]], **status(name)}
+
+    @app.post("/api/heartbeat")
+    def api_heartbeat(request: Request, body: TokensBody):
+        """The open page renews its leases; answers each lease's new expiry (null: lost) and the status."""
+        name = request.state.user["name"]
+        leases = rq.renew(config.db_url, body.tokens, name, lease_seconds=config.lease_seconds)
+        return {"leases": leases, **status(name)}
+
+    @app.post("/api/reclaim")
+    def api_reclaim(request: Request, body: ItemBody):
+        """Claim one item again after its lease was lost (when it is still free)."""
+        lease = rq.claim(config.db_url, request.state.user["name"], lease_seconds=config.lease_seconds,
+                         item_id=body.item)
+        return {"item": leased_view(lease)}
 
     def after_decision() -> None:
         if not (config.on_rebuild and config.rebuild_every):
@@ -304,26 +442,38 @@ def create_app(config: ReviewConfig) -> FastAPI:
             raise
 
     @app.post("/api/submit")
-    async def api_submit(request: Request):
-        body = await request.json()
+    def api_submit(request: Request, body: SubmitBody):
         user = request.state.user
-        token, decision = str(body.get("token", "")), str(body.get("decision", ""))
-        text = body.get("text")
-        text = str(text) if text is not None else None
-        from starlette.concurrency import run_in_threadpool
+        try:
+            result = rq.submit(config.db_url, body.token, body.decision, body.text, curator=user["name"],
+                               comment=body.comment)
+        except rq.LeaseLost as error:
+            return JSONResponse({"error": str(error), "lost": True}, status_code=409)
+        except ValueError as error:
+            return JSONResponse({"error": str(error)}, status_code=422)
+        if not result["replayed"]:
+            after_decision()
+        return {"result": result, "next": claim_next(user) if body.next else None}
 
-        def work():
-            try:
-                result = rq.submit(config.db_url, token, decision, text, curator=user["name"])
-            except rq.LeaseLost as error:
-                return JSONResponse({"error": str(error), "lost": True}, status_code=409)
-            except ValueError as error:
-                return JSONResponse({"error": str(error)}, status_code=400)
-            if not result["replayed"]:
-                after_decision()
-            return {"result": result, "next": claim_next(user) if body.get("next") else None}
+    @app.post("/api/skip")
+    def api_skip(request: Request, body: TokenBody):
+        user = request.state.user
+        try:
+            result = rq.skip(config.db_url, body.token, user["name"])
+        except rq.LeaseLost as error:
+            return JSONResponse({"error": str(error), "lost": True}, status_code=409)
+        return {"result": result, "next": claim_next(user) if body.next else None}
 
-        return await run_in_threadpool(work)
+    @app.post("/api/revise")
+    def api_revise(request: Request, body: ReviseBody):
+        name = request.state.user["name"]
+        try:
+            result = rq.revise(config.db_url, name, body.item, body.decision, body.text, body.comment)
+        except rq.NotEditable as error:
+            return JSONResponse({"error": str(error)}, status_code=409)
+        except ValueError as error:
+            return JSONResponse({"error": str(error)}, status_code=422)
+        return {"result": result, "recent": rq.recent_decisions(config.db_url, name)}
 
     @app.post("/api/undo")
     def api_undo(request: Request):
@@ -332,20 +482,27 @@ def create_app(config: ReviewConfig) -> FastAPI:
         except rq.NothingToUndo as error:
             return JSONResponse({"error": str(error)}, status_code=409)
         return {"item": leased_view(lease), "undone": {"decision": lease["decision"],
-                                                       "corrected_text": lease["corrected_text"]}}
+                                                       "corrected_text": lease["corrected_text"],
+                                                       "comment": lease["comment"]}}
 
     @app.post("/api/release")
     async def api_release(request: Request):
         if "application/json" in request.headers.get("content-type", ""):
-            tokens = (await request.json()).get("tokens", [])
-        else:
-            tokens = (await request.form()).getlist("token")
+            try:
+                tokens = TokensBody.model_validate_json(await request.body()).tokens
+            except ValueError as error:
+                raise BadInput(f"expected {{\"tokens\": [up to {MAX_TOKENS} lease tokens]}}: "
+                               f"{str(error).splitlines()[0][:120]}") from None
+        else:  # the page's beacon when it closes: a form with its CSRF token
+            tokens = (await request.form(max_files=0, max_fields=MAX_TOKENS + 2)).getlist("token")
+            if len(tokens) > MAX_TOKENS or any(not isinstance(t, str) or len(t) > 64 for t in tokens):
+                raise BadInput(f"at most {MAX_TOKENS} lease tokens of 64 characters")
         name = request.state.user["name"]
-        released = sum(rq.release(config.db_url, str(t), name) for t in tokens[:20])
+        released = await run_in_threadpool(lambda: sum(rq.release(config.db_url, t, name) for t in tokens))
         return {"released": released}
 
     @app.get("/image/{image_id}")
-    def image(image_id: int):
+    def image(image_id: ItemId):
         record = rq.image_record(config.db_url, image_id)
         if record is None or store is None:
             return JSONResponse({"error": "no such image"}, status_code=404)
@@ -369,57 +526,71 @@ def create_app(config: ReviewConfig) -> FastAPI:
                     curators=users.list_curators(config.db_url), rebuild_enabled=config.on_rebuild is not None,
                     rebuild_every=config.rebuild_every, rebuild_last=rebuild["last"])
 
+    @app.get("/admin/find", response_class=HTMLResponse)
+    def admin_find(request: Request, q: Annotated[str, Query(max_length=200)] = ""):
+        rows = rq.find_items(config.db_url, q) if q.strip() else []
+        return page(request, "find.html", q=q, rows=rows)
+
+    @app.post("/admin/reopen/{item_id}")
+    async def admin_reopen(request: Request, item_id: ItemId):
+        form = await request.form(max_files=0, max_fields=100)
+        comment = form_text(form, "comment", rq.MAX_COMMENT)
+        try:
+            rq.reopen(config.db_url, item_id, request.state.user["name"], comment or None)
+        except (ValueError, LookupError) as error:
+            return back(request, f"Not reopened: {error}", f"/admin/find?q={item_id}")
+        return back(request, f"Item {item_id} is back in the queue.", f"/admin/find?q={item_id}")
+
     @app.get("/admin/audit", response_class=HTMLResponse)
-    def audit(request: Request, offset: int = 0, item: int | None = None, actor: str | None = None):
-        offset = max(0, offset)
+    def audit(request: Request, offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+              item: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+              actor: Annotated[str, Query(max_length=100)] = ""):
         rows = rq.audit_log(config.db_url, limit=100, offset=offset, item_id=item, actor=actor or None)
         for row in rows:
-            row["before_json"] = json.dumps(row["before"], ensure_ascii=False, sort_keys=True)
-            row["after_json"] = json.dumps(row["after"], ensure_ascii=False, sort_keys=True)
-        return page(request, "audit.html", rows=rows, offset=offset, item=item, actor=actor or "")
+            row["changes"] = audit_changes(row["before"], row["after"])
+        return page(request, "audit.html", rows=rows, offset=offset, item=item, actor=actor)
 
     @app.get("/admin/export.{fmt}")
-    def export(fmt: str):
+    def export(fmt: Annotated[str, PathParam(max_length=10)]):
+        if fmt not in ("jsonl", "csv"):
+            raise StarletteHTTPException(404)
         rows = rq.export_decisions(config.db_url)
         if fmt == "jsonl":
             body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             return Response(body, media_type="application/x-ndjson",
                             headers={"content-disposition": 'attachment; filename="review-decisions.jsonl"'})
-        if fmt == "csv":
-            buffer = io.StringIO()
-            fields = ["item", "song_id", "title", "artist", "decision", "verdict", "decided_by", "decided_at",
-                      "corrected_text", "votes"]
-            writer = csv.DictWriter(buffer, fieldnames=fields)
-            writer.writeheader()
-            for row in rows:  # cells starting like a formula are quoted for spreadsheets
-                writer.writerow({k: ("'" + v if isinstance(v, str) and v[:1] in "=+-@\t\r" else v)
-                                 for k, v in row.items()})
-            return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8",
-                            headers={"content-disposition": 'attachment; filename="review-decisions.csv"'})
-        raise StarletteHTTPException(404)
+        buffer = io.StringIO()
+        fields = ["item", "song_id", "title", "artist", "decision", "verdict", "decided_by", "decided_at",
+                  "corrected_text", "votes", "comments"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:  # cells starting like a formula are quoted for spreadsheets
+            writer.writerow({k: ("'" + v if isinstance(v, str) and v[:1] in "=+-@\t\r" else v)
+                             for k, v in row.items()})
+        return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8",
+                        headers={"content-disposition": 'attachment; filename="review-decisions.csv"'})
 
     def back(request: Request, message: str, to: str = "/admin") -> RedirectResponse:
         request.session["flash"] = message
         return RedirectResponse(to, status_code=303)
 
     @app.post("/admin/settle/{item_id}")
-    async def admin_settle(request: Request, item_id: int):
-        form = await request.form()
+    async def admin_settle(request: Request, item_id: ItemId):
+        form = await request.form(max_files=0, max_fields=100)
+        decision = form_text(form, "decision", 40, required=True)
+        text = form_text(form, "text", rq.MAX_TEXT) or None
+        comment = form_text(form, "comment", rq.MAX_COMMENT) or None
         try:
-            result = rq.settle(config.db_url, item_id, str(form.get("decision", "")), request.state.user["name"],
-                               str(form.get("text") or "") or None)
+            result = rq.settle(config.db_url, item_id, decision, request.state.user["name"], text, comment)
         except (ValueError, LookupError) as error:
             return back(request, f"Not settled: {error}")
         return back(request, f"Item {result['item']} settled: {result['decision']}.")
 
     @app.post("/admin/overlap")
     async def admin_overlap(request: Request):
-        form = await request.form()
-        try:
-            overlap = int(str(form.get("overlap", "")))
-            changed = rq.set_overlap(config.db_url, overlap, request.state.user["name"])
-        except ValueError as error:
-            return back(request, f"Overlap unchanged: {error}")
+        form = await request.form(max_files=0, max_fields=100)
+        overlap = form_int(form, "overlap", 1, 10)
+        changed = rq.set_overlap(config.db_url, overlap, request.state.user["name"])
         return back(request, f"{changed} waiting items now want {overlap} independent decision(s).")
 
     @app.post("/admin/rebuild")
@@ -434,33 +605,71 @@ def create_app(config: ReviewConfig) -> FastAPI:
 
     @app.post("/admin/curators")
     async def admin_curators(request: Request):
-        form = await request.form()
-        name = str(form.get("name", ""))
+        form = await request.form(max_files=0, max_fields=100)
+        name = form_text(form, "name", 100, required=True)
         try:
             if form.get("action") == "disable":
-                users.set_active(config.db_url, name, False)
-                message = f"Curator {name} disabled."
+                await run_in_threadpool(users.set_active, config.db_url, name, False)
+                message = f"Curator {name} disabled; their sessions ended and their claims went back."
             else:
-                users.add_curator(config.db_url, name, str(form.get("password", "")),
-                                  str(form.get("role", "curator")), replace=form.get("replace") == "yes")
-                message = f"Curator {name} saved."
+                replace = form.get("replace") == "yes"
+                await run_in_threadpool(lambda: users.add_curator(
+                    config.db_url, name, form_text(form, "password", users.MAX_PASSWORD),
+                    form_text(form, "role", 20) or "curator", replace=replace))
+                message = f"Curator {name} saved." + (" Their old sessions ended." if replace else "")
         except (ValueError, LookupError) as error:
             message = f"Not saved: {error}"
-        user_cache.pop(name, None)
+        forget(name)
         return back(request, message)
 
     app.add_middleware(SessionMiddleware, secret_key=config.secret_key or secrets.token_urlsafe(32),
                        session_cookie="image2song_review", max_age=config.idle_seconds, same_site="strict",
                        https_only=config.secure_cookies)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.state.config = config
     return app
 
 
-def serve(config: ReviewConfig, host: str = "127.0.0.1", port: int = 8070) -> None:
-    """Run the app with uvicorn (one process: the login limiter and rebuild counter live in memory)."""
+AUDIT_HIDDEN = {"token"}
+AUDIT_SHOWN_CHARACTERS = 600
+
+
+def audit_changes(before: dict | None, after: dict | None) -> list[dict]:
+    """An audit event as a readable before/after table: only the fields that changed (all of them for
+    an event with no "before"), long texts cut with a note of how much is left out."""
+    before, after = before or {}, after or {}
+
+    def shown(value) -> str:
+        if value is None:
+            return "—"
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+        if len(text) > AUDIT_SHOWN_CHARACTERS:
+            return f"{text[:AUDIT_SHOWN_CHARACTERS]}… ({len(text) - AUDIT_SHOWN_CHARACTERS:,} more characters)"
+        return text
+
+    changes = []
+    for key in sorted(set(before) | set(after), key=lambda k: (k not in ("state", "decision", "verdict"), k)):
+        if key in AUDIT_HIDDEN or before.get(key) == after.get(key):
+            continue
+        changes.append({"field": key, "before": shown(before.get(key)), "after": shown(after.get(key))})
+    return changes
+
+
+def server_config(app, **options):
+    """uvicorn settings chosen for twenty curators on a busy machine (the serve command and the tests
+    use the same): connections stay open longer than a curator thinks, so the server never closes one
+    that a client is about to reuse (that race is a "connection reset"); a deep accept backlog; no
+    concurrency cap that would answer 503; a graceful stop."""
     import uvicorn
 
-    # Curators think for seconds between requests: keep their connections open that long.
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False, proxy_headers=False,
-                timeout_keep_alive=60)
+    defaults = dict(log_level="warning", access_log=False, proxy_headers=False, timeout_keep_alive=75,
+                    backlog=2048, timeout_graceful_shutdown=5, h11_max_incomplete_event_size=64 * 1024)
+    return uvicorn.Config(app, **{**defaults, **options})
+
+
+def serve(config: ReviewConfig, host: str = "127.0.0.1", port: int = 8070) -> None:
+    """Run the app with uvicorn (one process: the login throttle and rebuild counter live in memory)."""
+    import uvicorn
+
+    uvicorn.Server(server_config(create_app(config), host=host, port=port, log_level="info")).run()

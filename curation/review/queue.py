@@ -7,6 +7,11 @@ rather than in SQLite's sleeping busy handler). An expired lease returns its slo
 Submitting is keyed by the lease token: a retried submit replays the recorded answer, and a token
 whose lease was taken over (or undone) is refused, so it can never overwrite a newer decision.
 
+An open page renews its leases (``renew``); a curator can give an item back undecided (``skip``: it
+goes to others first) or leave (``release``, ``release_all``: her claims come back to her first when
+she returns, if still free), change her recent decisions until a snapshot is published after them
+(``revise``), and comment on any decision. Admins find items (``find_items``) and ``reopen`` them.
+
 With overlap N, an item is final when N curators have decided; if they disagree it waits for an
 admin to settle it. Agreement is reported as Fleiss' kappa (all items) and Cohen's kappa (pairs).
 
@@ -25,11 +30,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterator
 from urllib.parse import quote_plus
 
-from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, select, update
+from sqlalchemy import DateTime, String, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from curation.catalog import (
-    Image, LyricCandidate, Post, ReviewEvent, ReviewItem, Song, engine_for, session_scope,
+    Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, engine_for, session_scope,
 )
 from curation.catalog.models import ReviewAssignment
 
@@ -44,6 +49,8 @@ DECISIONS = {
 LEASE_SECONDS = 600
 UNDO_WINDOW_SECONDS = 3600
 SEARCH_URL = "https://duckduckgo.com/?q="
+MAX_TEXT = 20_000  # a corrected lyric; the lyric filters call anything longer "not one song"
+MAX_COMMENT = 2_000
 
 
 class LeaseLost(Exception):
@@ -52,6 +59,10 @@ class LeaseLost(Exception):
 
 class NothingToUndo(LookupError):
     pass
+
+
+class NotEditable(LookupError):
+    """A past decision that can no longer change here (a snapshot includes it, or an admin settled it)."""
 
 
 def _now() -> datetime:
@@ -181,15 +192,27 @@ def _claim_statements():
     curator, now = bindparam("b_curator", type_=String()), bindparam("b_now", type_=DateTime(timezone=True))
     held_by_me = exists().where(mine.item_id == slot.item_id, mine.id != slot.id, mine.lease_owner == curator,
                                 mine.state.in_(("leased", "submitted")))
-    # Abandoned (expired) leases first, then open slots; each query walks the claim index
-    # (state, priority, id) backwards, so it costs the same with 10 or 100,000 items.
+    expired = and_(slot.state == "leased", slot.lease_expires_at < now)
+    skipped_by_me = and_(slot.left_by == curator, slot.left_how == "skipped")
+    not_skipped_by_me = or_(slot.left_how.is_(None), slot.left_how != "skipped", slot.left_by != curator)  # NULL-safe
+    # In order: the curator's own claims given back (logout, a closed page) or lapsed, so they come
+    # back to her; then abandoned (expired) leases; then open slots; what she skipped comes last.
+    # Each query walks an index (owner/left_by, or the claim index (state, priority, id) backwards),
+    # so it costs the same with 10 or 100,000 items.
+    preferences = (
+        and_(slot.left_by == curator, slot.state == "open", slot.left_how == "released"),
+        and_(slot.lease_owner == curator, expired),
+        and_(expired, not_skipped_by_me),
+        and_(slot.state == "open", not_skipped_by_me),
+        and_(or_(slot.state == "open", expired), skipped_by_me),
+    )
     find = [select(slot.id, slot.item_id).where(free, ~held_by_me)
             .order_by(slot.priority.desc(), slot.id.desc()).limit(1).with_for_update(skip_locked=True, of=slot)
-            for free in (and_(slot.state == "leased", slot.lease_expires_at < now), slot.state == "open")]
+            for free in preferences]
     token, expires = bindparam("b_token", type_=String()), bindparam("b_expires", type_=DateTime(timezone=True))
     take = (update(slot).where(slot.id == bindparam("b_slot"))
             .values(state="leased", lease_owner=curator, lease_token=token, lease_expires_at=expires,
-                    claimed_at=now, decision=None, corrected_text=None))
+                    claimed_at=now, decision=None, corrected_text=None, comment=None, left_by=None, left_how=None))
     single = ReviewItem.overlap.is_(None)  # the item's own lease columns mirror a single slot
     mark = (update(ReviewItem).where(ReviewItem.id == bindparam("b_item"), ReviewItem.state.in_(("pending", "leased")))
             .values(state="leased", lease_owner=case((single, curator), else_=None),
@@ -200,11 +223,15 @@ def _claim_statements():
 _CLAIM = _claim_statements()
 
 
-def claim(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, now: datetime | None = None) -> dict | None:
+def claim(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, now: datetime | None = None,
+          item_id: int | None = None) -> dict | None:
     """Lease the most urgent free slot to ``curator``: ``{"item", "token", "expires_at"}``, or None
-    when nothing is left. A curator never gets two slots of the same item."""
+    when nothing is left. A curator never gets two slots of the same item. With ``item_id``, only a
+    free slot of that item (claiming it again after a lost lease)."""
     now = now or _now()
     find, take, mark = _CLAIM
+    if item_id is not None:
+        find = [query.where(ReviewAssignment.item_id == item_id) for query in find]
     for attempt in range(2):
         with _write(db_url) as session:
             found = None
@@ -226,31 +253,102 @@ def claim(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, now:
     return None
 
 
+def _give_back(session: Session, slot: ReviewAssignment, curator: str, how: str) -> None:
+    token = slot.lease_token
+    slot.state, slot.lease_owner, slot.lease_token, slot.lease_expires_at = "open", None, None, None
+    slot.left_by, slot.left_how = curator, how
+    session.execute(update(ReviewItem).where(ReviewItem.id == slot.item_id, ReviewItem.lease_token == token)
+                    .values(lease_owner=None, lease_token=None, lease_expires_at=None))
+
+
 def release(db_url: str, token: str, curator: str) -> bool:
-    """Give a leased slot back before its lease expires (a curator leaving the page)."""
+    """Give a leased slot back before its lease expires (a curator leaving the page). It comes back
+    to her first when she returns, if nobody took it meanwhile."""
     with _write(db_url) as session:
         slot = session.scalars(select(ReviewAssignment).where(
             ReviewAssignment.lease_token == token, ReviewAssignment.lease_owner == curator,
             ReviewAssignment.state == "leased")).first()
         if slot is None:
             return False
-        slot.state, slot.lease_owner, slot.lease_token, slot.lease_expires_at = "open", None, None, None
-        session.execute(update(ReviewItem).where(ReviewItem.id == slot.item_id, ReviewItem.lease_token == token)
-                        .values(lease_owner=None, lease_token=None, lease_expires_at=None))
+        _give_back(session, slot, curator, "released")
         return True
 
 
-def _check(decision: str, corrected_text: str | None) -> None:
+def release_all(db_url: str, curator: str) -> int:
+    """Give back every slot ``curator`` holds (logout, a disabled account); returns how many."""
+    with _write(db_url) as session:
+        slots = session.scalars(select(ReviewAssignment).where(
+            ReviewAssignment.lease_owner == curator, ReviewAssignment.state == "leased")).all()
+        for slot in slots:
+            _give_back(session, slot, curator, "released")
+        return len(slots)
+
+
+def skip(db_url: str, token: str, curator: str) -> dict:
+    """Put a leased item back without deciding: it goes to other curators first, to her last."""
+    with _write(db_url) as session:
+        slot = session.scalars(select(ReviewAssignment).where(
+            ReviewAssignment.lease_token == token, ReviewAssignment.lease_owner == curator,
+            ReviewAssignment.state == "leased")).first()
+        if slot is None:
+            raise LeaseLost("this item is no longer leased to you; nothing to skip")
+        _give_back(session, slot, curator, "skipped")
+        session.add(ReviewEvent(item_id=slot.item_id, actor=curator, action="skip", before=None,
+                                after={"slot": slot.slot}))
+        return {"item": slot.item_id, "skipped": True}
+
+
+def renew(db_url: str, tokens: list[str], curator: str, *, lease_seconds: int = LEASE_SECONDS,
+          now: datetime | None = None) -> dict[str, str | None]:
+    """The page's heartbeat: extend ``curator``'s leases. Per token the new expiry, or None when the
+    lease is gone (taken over after it lapsed, undone, decided). A lapsed lease that nobody took
+    is still hers and is renewed."""
+    now = now or _now()
+    expires = now + timedelta(seconds=lease_seconds)
+    answer: dict[str, str | None] = {token: None for token in tokens}
+    if not tokens:
+        return answer
+    with _write(db_url) as session:
+        slots = session.scalars(select(ReviewAssignment).where(
+            ReviewAssignment.lease_token.in_(tokens), ReviewAssignment.lease_owner == curator,
+            ReviewAssignment.state == "leased")).all()
+        for slot in slots:
+            slot.lease_expires_at = expires
+            answer[slot.lease_token] = expires.isoformat()
+        if slots:
+            session.execute(update(ReviewItem).where(ReviewItem.lease_token.in_([s.lease_token for s in slots]))
+                            .values(lease_expires_at=expires))
+    return answer
+
+
+def my_leases(db_url: str, curator: str, now: datetime | None = None) -> list[dict]:
+    """``curator``'s live leases, oldest claim first (a reopened page picks them up again)."""
+    now = now or _now()
+    with _read(db_url) as session:
+        rows = session.execute(select(ReviewAssignment.item_id, ReviewAssignment.lease_token,
+                                      ReviewAssignment.lease_expires_at).where(
+            ReviewAssignment.lease_owner == curator, ReviewAssignment.state == "leased",
+            ReviewAssignment.lease_expires_at >= now).order_by(ReviewAssignment.claimed_at, ReviewAssignment.id))
+        return [{"item": item, "token": token, "expires_at": _aware(expires).isoformat()}
+                for item, token, expires in rows]
+
+
+def _check(decision: str, corrected_text: str | None, comment: str | None = None) -> None:
     if decision not in DECISIONS:
-        raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+        raise ValueError(f"unknown decision {str(decision)[:40]!r}; choose one of {', '.join(DECISIONS)}")
     if decision == "edit" and not (corrected_text or "").strip():
         raise ValueError("an edit needs the corrected lyric text")
+    if corrected_text is not None and len(corrected_text) > MAX_TEXT:
+        raise ValueError(f"a corrected lyric has at most {MAX_TEXT:,} characters (this one has "
+                         f"{len(corrected_text):,}); a longer text is not one song")
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise ValueError(f"a comment has at most {MAX_COMMENT:,} characters")
 
 
 def _snapshot(item: ReviewItem, candidate: LyricCandidate) -> dict:
     return {"state": item.state, "decision": item.decision, "verdict": candidate.verdict,
             "reason": candidate.reason, "decided_by": candidate.decided_by, "text": candidate.text,
-            "corrected_text": item.corrected_text}
+            "corrected_text": item.corrected_text, "comment": item.comment}
 
 
 def _apply(session: Session, item: ReviewItem, decision: str, corrected_text: str | None, actor: str,
@@ -260,6 +358,7 @@ def _apply(session: Session, item: ReviewItem, decision: str, corrected_text: st
     verdict, reason = DECISIONS[decision]
     item.state, item.decision, item.decided_by, item.decided_at = "decided", decision, actor, now
     item.lease_owner = item.lease_token = item.lease_expires_at = None
+    item.comment = None
     if decision == "edit":
         item.corrected_text = candidate.text = corrected_text
     candidate.verdict, candidate.reason, candidate.decided_by = verdict, reason, actor
@@ -272,10 +371,12 @@ def _same(a: ReviewAssignment, b: ReviewAssignment) -> bool:
 
 
 def submit(db_url: str, token: str, decision: str, corrected_text: str | None = None, *, curator: str,
-           now: datetime | None = None) -> dict:
-    """Record ``curator``'s decision on the slot leased with ``token``. Idempotent: the same token
-    again answers what was recorded (``replayed``); a token that lost its lease raises LeaseLost."""
-    _check(decision, corrected_text)
+           now: datetime | None = None, comment: str | None = None) -> dict:
+    """Record ``curator``'s decision (and optional comment) on the slot leased with ``token``.
+    Idempotent: the same token again answers what was recorded (``replayed``); a token that lost its
+    lease raises LeaseLost."""
+    _check(decision, corrected_text, comment)
+    comment = (comment or "").strip() or None
     now = now or _now()
     with _write(db_url) as session:
         slot = session.scalars(select(ReviewAssignment).where(ReviewAssignment.lease_token == token)
@@ -292,12 +393,13 @@ def submit(db_url: str, token: str, decision: str, corrected_text: str | None = 
             raise LeaseLost("this item was decided meanwhile; nothing was recorded")
         candidate = session.get(LyricCandidate, item.candidate_id)
         before = _snapshot(item, candidate)
-        slot.state, slot.decision, slot.submitted_at = "submitted", decision, now
+        slot.state, slot.decision, slot.submitted_at, slot.comment = "submitted", decision, now, comment
         slot.corrected_text = corrected_text if decision == "edit" else None
         wanted = item.overlap or 1
         final = None
         if wanted == 1:
             _apply(session, item, decision, slot.corrected_text, curator, now)
+            item.comment = comment
             final = "decided"
         else:
             done = session.scalars(select(ReviewAssignment).where(
@@ -311,6 +413,8 @@ def submit(db_url: str, token: str, decision: str, corrected_text: str | None = 
         after = {**_snapshot(item, candidate), "slot_decision": decision, "token": token, "final": final}
         if decision == "edit":
             after["slot_text"] = slot.corrected_text
+        if comment:
+            after["comment"] = comment
         session.add(ReviewEvent(item_id=item.id, actor=curator, action="decide", before=before, after=after, at=now))
         return {"item": item.id, "decision": decision, "replayed": False, "state": item.state}
 
@@ -338,13 +442,14 @@ def undo_last(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, 
             candidate.verdict, candidate.reason = previous.get("verdict"), previous.get("reason")
             candidate.decided_by, candidate.text = previous.get("decided_by"), previous.get("text")
             item.decision, item.corrected_text = previous.get("decision"), previous.get("corrected_text")
+            item.comment = previous.get("comment")
             item.decided_by = item.decided_at = None
         item.state = "leased"
         token = secrets.token_urlsafe(24)
         expires = now + timedelta(seconds=lease_seconds)
-        old = {"decision": slot.decision, "corrected_text": slot.corrected_text}
+        old = {"decision": slot.decision, "corrected_text": slot.corrected_text, "comment": slot.comment}
         slot.state, slot.lease_token, slot.lease_expires_at, slot.claimed_at = "leased", token, expires, now
-        slot.decision = slot.corrected_text = slot.submitted_at = None
+        slot.decision = slot.corrected_text = slot.submitted_at = slot.comment = None
         if slot.slot == 0 and not item.overlap:
             item.lease_owner, item.lease_token, item.lease_expires_at = curator, token, expires
         session.add(ReviewEvent(item_id=item.id, actor=curator, action="undo", before=before_undo,
@@ -352,19 +457,21 @@ def undo_last(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, 
         return {"item": item.id, "token": token, "expires_at": expires.isoformat(), **old}
 
 
-def settle(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None) -> dict:
+def settle(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None,
+           comment: str | None = None) -> dict:
     """An admin's final word on an item (a disputed one, usually): applied whatever its slots say."""
-    return _decide_outright(db_url, item_id, decision, actor, corrected_text, action="settle")
+    return _decide_outright(db_url, item_id, decision, actor, corrected_text, comment, action="settle")
 
 
-def decide(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None) -> dict:
+def decide(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None = None,
+           comment: str | None = None) -> dict:
     """Record a decision on an item directly (the terminal's `review decide`), without a lease."""
-    return _decide_outright(db_url, item_id, decision, actor, corrected_text, action="decide")
+    return _decide_outright(db_url, item_id, decision, actor, corrected_text, comment, action="decide")
 
 
 def _decide_outright(db_url: str, item_id: int, decision: str, actor: str, corrected_text: str | None,
-                     *, action: str) -> dict:
-    _check(decision, corrected_text)
+                     comment: str | None, *, action: str) -> dict:
+    _check(decision, corrected_text, comment)
     now = _now()
     with _write(db_url) as session:
         item = session.get(ReviewItem, item_id)
@@ -373,12 +480,136 @@ def _decide_outright(db_url: str, item_id: int, decision: str, actor: str, corre
         candidate = session.get(LyricCandidate, item.candidate_id)
         before = _snapshot(item, candidate)
         _apply(session, item, decision, corrected_text if decision == "edit" else None, actor, now)
+        item.comment = (comment or "").strip() or None
         session.execute(update(ReviewAssignment).where(ReviewAssignment.item_id == item.id,
                                                        ReviewAssignment.state.in_(("open", "leased")))
                         .values(state="closed"))
         after = _snapshot(item, candidate)
         session.add(ReviewEvent(item_id=item.id, actor=actor, action=action, before=before, after=after, at=now))
         return {"item": item.id, "decision": decision, "verdict": after["verdict"]}
+
+
+def _last_snapshot_at(session: Session) -> datetime | None:
+    return _aware(session.scalar(select(func.max(SnapshotRecord.created_at))))
+
+
+def revise(db_url: str, curator: str, item_id: int, decision: str, corrected_text: str | None = None,
+           comment: str | None = None, now: datetime | None = None) -> dict:
+    """Change ``curator``'s own recent decision on ``item_id`` (the page's recent-decisions list).
+    Allowed until a snapshot is published after it (then the decision is in the world: an admin
+    reopens the item instead), and while nobody else's word decided the item."""
+    _check(decision, corrected_text, comment)
+    comment = (comment or "").strip() or None
+    corrected_text = corrected_text if decision == "edit" else None
+    now = now or _now()
+    with _write(db_url) as session:
+        slot = session.scalars(select(ReviewAssignment).where(
+            ReviewAssignment.item_id == item_id, ReviewAssignment.lease_owner == curator,
+            ReviewAssignment.state == "submitted").with_for_update()).first()
+        if slot is None:
+            raise NotEditable("you have no decision on this item to change")
+        snapshot_at = _last_snapshot_at(session)
+        if snapshot_at is not None and snapshot_at >= _aware(slot.submitted_at):
+            raise NotEditable("a snapshot already includes this decision; ask an admin to reopen the item")
+        item = session.scalars(select(ReviewItem).where(ReviewItem.id == item_id).with_for_update()).one()
+        single = not item.overlap or item.overlap == 1
+        if single and not (item.state == "decided" and item.decided_by == curator):
+            raise NotEditable("this item was settled by someone else meanwhile; ask an admin")
+        if not single and item.state not in ("pending", "leased"):
+            raise NotEditable("the other curators' votes are in; ask an admin to settle or reopen it")
+        candidate = session.get(LyricCandidate, item.candidate_id)
+        before = {**_snapshot(item, candidate), "slot_decision": slot.decision, "slot_text": slot.corrected_text,
+                  "slot_comment": slot.comment}
+        slot.decision, slot.corrected_text, slot.comment, slot.submitted_at = decision, corrected_text, comment, now
+        if single:
+            if before["decision"] == "edit" and decision != "edit":
+                candidate.text = _original_text(session, item.id, candidate.text)
+            _apply(session, item, decision, corrected_text, curator, now)
+            item.comment = comment
+        after = {**_snapshot(item, candidate), "slot_decision": decision, "slot_text": corrected_text,
+                 "slot_comment": comment}
+        session.add(ReviewEvent(item_id=item.id, actor=curator, action="revise", before=before, after=after, at=now))
+        return {"item": item.id, "decision": decision, "state": item.state}
+
+
+def _original_text(session: Session, item_id: int, fallback: str | None) -> str | None:
+    """The lyric as the item first showed it (before any edit): the first event's ``before`` text."""
+    first = session.scalars(select(ReviewEvent).where(ReviewEvent.item_id == item_id, ReviewEvent.before.is_not(None))
+                            .order_by(ReviewEvent.id).limit(1)).first()
+    return (first.before or {}).get("text", fallback) if first else fallback
+
+
+def recent_decisions(db_url: str, curator: str, limit: int = 10) -> list[dict]:
+    """``curator``'s latest decisions, newest first, each saying whether she can still change it."""
+    with _read(db_url) as session:
+        snapshot_at = _last_snapshot_at(session)
+        rows = session.execute(
+            select(ReviewAssignment, ReviewItem, Song)
+            .join(ReviewItem, ReviewItem.id == ReviewAssignment.item_id)
+            .join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
+            .join(Song, LyricCandidate.song_id == Song.id)
+            .where(ReviewAssignment.lease_owner == curator, ReviewAssignment.state == "submitted")
+            .order_by(ReviewAssignment.submitted_at.desc(), ReviewAssignment.id.desc()).limit(limit)).all()
+        out = []
+        for slot, item, song in rows:
+            in_snapshot = snapshot_at is not None and snapshot_at >= _aware(slot.submitted_at)
+            single = not item.overlap or item.overlap == 1
+            mine = item.state == "decided" and item.decided_by == curator if single else \
+                item.state in ("pending", "leased")
+            out.append({"item": item.id, "title": song.title, "artist": song.artist, "decision": slot.decision,
+                        "corrected_text": slot.corrected_text, "comment": slot.comment,
+                        "at": _aware(slot.submitted_at).isoformat(), "editable": mine and not in_snapshot,
+                        "why_locked": "in a snapshot" if in_snapshot else ("" if mine else "decided by others")})
+        return out
+
+
+def remaining(db_url: str) -> int:
+    """Items still waiting for a decision (pending, leased or disputed)."""
+    with _read(db_url) as session:
+        return session.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.state != "decided"))
+
+
+def find_items(db_url: str, query: str, limit: int = 50) -> list[dict]:
+    """Items by id (a number) or by a piece of the title or artist (case-insensitive)."""
+    query = query.strip()
+    with _read(db_url) as session:
+        select_rows = (select(ReviewItem, Song).join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
+                       .join(Song, LyricCandidate.song_id == Song.id))
+        if query.isdigit() and int(query) < 2 ** 31:
+            select_rows = select_rows.where(ReviewItem.id == int(query))
+        else:
+            pattern = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            select_rows = select_rows.where(or_(func.lower(Song.title).like(pattern, escape="\\"),
+                                                func.lower(Song.artist).like(pattern, escape="\\")))
+        rows = session.execute(select_rows.order_by(ReviewItem.id).limit(limit)).all()
+        return [{"item": item.id, "title": song.title, "artist": song.artist, "state": item.state,
+                 "decision": item.decision, "decided_by": item.decided_by} for item, song in rows]
+
+
+def reopen(db_url: str, item_id: int, actor: str, comment: str | None = None) -> dict:
+    """An admin sends a decided (or disputed) item back to the queue: its lyric is "review" again,
+    its slots open, and the audit log keeps what it was."""
+    _check("accept", None, comment)
+    now = _now()
+    with _write(db_url) as session:
+        item = session.scalars(select(ReviewItem).where(ReviewItem.id == item_id).with_for_update()).first()
+        if item is None:
+            raise LookupError(f"no review item {item_id}")
+        if item.state not in ("decided", "disputed"):
+            raise ValueError(f"item {item_id} is {item.state}, not decided: nothing to reopen")
+        candidate = session.get(LyricCandidate, item.candidate_id)
+        before = _snapshot(item, candidate)
+        if item.decision == "edit":
+            candidate.text = _original_text(session, item.id, candidate.text)
+        candidate.verdict, candidate.reason, candidate.decided_by = "review", item.reason or candidate.reason, None
+        item.state, item.decision, item.decided_by, item.decided_at = "pending", None, None, None
+        item.corrected_text, item.comment = None, (comment or "").strip() or None
+        session.execute(update(ReviewAssignment).where(ReviewAssignment.item_id == item.id).values(
+            state="open", lease_owner=None, lease_token=None, lease_expires_at=None, decision=None,
+            corrected_text=None, comment=None, submitted_at=None, claimed_at=None, left_by=None, left_how=None))
+        session.add(ReviewEvent(item_id=item.id, actor=actor, action="reopen", before=before,
+                                after=_snapshot(item, candidate), at=now))
+        return {"item": item.id, "state": item.state}
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -552,11 +783,14 @@ def audit_log(db_url: str, limit: int = 100, offset: int = 0, item_id: int | Non
 def export_decisions(db_url: str) -> list[dict]:
     """Every decided item with its song, final decision, who decided and each curator's vote."""
     with _read(db_url) as session:
-        votes = defaultdict(list)
-        for item_id, owner, decision in session.execute(
-                select(ReviewAssignment.item_id, ReviewAssignment.lease_owner, ReviewAssignment.decision)
+        votes, comments = defaultdict(list), defaultdict(list)
+        for item_id, owner, decision, comment in session.execute(
+                select(ReviewAssignment.item_id, ReviewAssignment.lease_owner, ReviewAssignment.decision,
+                       ReviewAssignment.comment)
                 .where(ReviewAssignment.state == "submitted").order_by(ReviewAssignment.id)):
             votes[item_id].append(f"{owner}:{decision}")
+            if comment:
+                comments[item_id].append(f"{owner}: {comment}")
         rows = session.execute(
             select(ReviewItem, LyricCandidate, Song).join(LyricCandidate, ReviewItem.candidate_id == LyricCandidate.id)
             .join(Song, LyricCandidate.song_id == Song.id).where(ReviewItem.state == "decided")
@@ -564,5 +798,7 @@ def export_decisions(db_url: str) -> list[dict]:
         return [{"item": item.id, "song_id": song.id, "title": song.title, "artist": song.artist,
                  "decision": item.decision, "verdict": candidate.verdict, "decided_by": item.decided_by,
                  "decided_at": _aware(item.decided_at).isoformat() if item.decided_at else None,
-                 "corrected_text": item.corrected_text, "votes": " ".join(votes.get(item.id, []))}
+                 "corrected_text": item.corrected_text, "votes": " ".join(votes.get(item.id, [])),
+                 "comments": " | ".join(comments.get(item.id, []) + (
+                     [f"{item.decided_by}: {item.comment}"] if item.comment and not comments.get(item.id) else []))}
                 for item, candidate, song in rows]

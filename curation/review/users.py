@@ -10,10 +10,12 @@ from sqlalchemy import select
 
 from curation.catalog import session_scope
 from curation.catalog.models import Curator
+from curation.review import sessions
 
 ROLES = ("curator", "admin")
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # hashing is the expensive part of a login: bound what it hashes
 _hasher = PasswordHasher()  # argon2id with the library's current defaults
 _DUMMY = _hasher.hash("not a password of anyone")  # verified against when a name is unknown (same timing)
 
@@ -24,8 +26,8 @@ def add_curator(db_url: str, name: str, password: str, role: str = "curator", *,
         raise ValueError("a curator name is 1–100 letters, digits or . _ @ -")
     if role not in ROLES:
         raise ValueError(f"role is one of {', '.join(ROLES)}")
-    if len(password or "") < MIN_PASSWORD:
-        raise ValueError(f"a password has at least {MIN_PASSWORD} characters")
+    if not MIN_PASSWORD <= len(password or "") <= MAX_PASSWORD:
+        raise ValueError(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     hashed = _hasher.hash(password)
     with session_scope(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == name))
@@ -36,11 +38,15 @@ def add_curator(db_url: str, name: str, password: str, role: str = "curator", *,
             session.add(curator)
         else:
             curator.password_hash, curator.role, curator.active = hashed, role, True
-        return {"name": name, "role": role, "active": True}
+    if replace:  # a new password ends every session the old one opened
+        sessions.end_all(db_url, name)
+    return {"name": name, "role": role, "active": True}
 
 
 def authenticate(db_url: str, name: str, password: str) -> dict | None:
     """The account when the password is right and the account active, else None."""
+    if len(password or "") > MAX_PASSWORD:
+        return None
     with session_scope(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == (name or "")[:100]))
         try:
@@ -67,9 +73,25 @@ def list_curators(db_url: str) -> list[dict]:
 
 
 def set_active(db_url: str, name: str, active: bool) -> bool:
+    """Enable or disable an account; disabling ends its sessions and gives back its claims."""
     with session_scope(db_url) as session:
         curator = session.scalar(select(Curator).where(Curator.name == name))
         if curator is None:
             raise LookupError(f"no curator {name!r}")
         curator.active = active
-        return active
+    if not active:
+        from curation.review.queue import release_all
+
+        sessions.end_all(db_url, name)
+        release_all(db_url, name)
+    return active
+
+
+def change_password(db_url: str, name: str, current: str, new: str) -> None:
+    """A curator sets her own password (knowing the current one); every session of hers ends."""
+    if authenticate(db_url, name, current) is None:
+        raise ValueError("the current password is wrong")
+    if current == new:
+        raise ValueError("the new password is the same as the current one")
+    role = get_curator(db_url, name)["role"]
+    add_curator(db_url, name, new, role, replace=True)

@@ -186,13 +186,14 @@ def _schema_doc(schema: pa.Schema) -> list[dict]:
 
 
 def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recipe = Recipe(), *,
-                   chunk_rows: int = CHUNK_ROWS) -> dict:
+                   chunk_rows: int = CHUNK_ROWS, dataset: dict | None = None) -> dict:
     """Build and publish a snapshot under ``snapshots_root`` (a folder or an fsspec URL). When the data
     files are byte-identical to the latest snapshot's and that snapshot is whole, publish nothing and
     return the latest (so re-running the task is harmless); a damaged latest snapshot is republished.
     Staging left by killed builds is removed first, and a snapshot published by a build killed before
     its catalog write is adopted into the catalog rather than duplicated. Raises SnapshotError when the
-    recipe cannot be met or leaks."""
+    recipe cannot be met or leaks. ``dataset``: what the datasheet states of the dataset as a whole
+    (``license``, ``maintainer``, ``retention``, ``sources``, ``lyrics_provider``; from the settings)."""
     started = datetime.now(timezone.utc)
     store = SnapshotStore(snapshots_root)
     store.clean_staging()
@@ -248,11 +249,13 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
             "files": files, "schema": {"triplets": _schema_doc(TRIPLETS_SCHEMA), "songs": _schema_doc(SONGS_SCHEMA)},
             "catalog": state, "leakage": leakage,
             "figures": {"eligible": eligible_figures(db_url), "snapshot": _snapshot_figures(kept)},
-            "code_version": _code_version(),
+            "code_version": _code_version(), "dataset": dataset or {},
         }
         for name in write_datasheet(staging, manifest):
             details[name] = _file_entry(staging / name)
         manifest["file_details"] = details
+        # Hashed as readers will see it: JSON turns integer keys into strings, which sort otherwise.
+        manifest = json.loads(json.dumps(manifest, default=str))
         manifest["manifest_sha256"] = manifest_content_hash(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         manifest_hash = _file_entry(staging / MANIFEST)["sha256"]

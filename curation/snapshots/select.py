@@ -123,6 +123,10 @@ def eligible_figures(db_url: str) -> dict:
             "occurrences": {int(n): int(songs) for n, songs, *_ in histogram}}
 
 
+def _iso(moment) -> str | None:
+    return moment.isoformat() if hasattr(moment, "isoformat") else (str(moment) if moment else None)
+
+
 def catalog_state(db_url: str, candidate_ids: list[int], chunk: int = 2_000) -> dict:
     """The catalog as the snapshot saw it: table sizes and high-water marks, pending reviews, lyric verdict
     counts by verdict and reason kind (the text before ":"), and the review decisions that the included
@@ -141,6 +145,11 @@ def catalog_state(db_url: str, candidate_ids: list[int], chunk: int = 2_000) -> 
             "pending_reviews": scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.state != "decided")),
             "decided_reviews": scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.state == "decided")),
             "max_review_event_id": scalar(select(func.max(ReviewEvent.id))),
+            # the collection timeframe: the site's post times and when the crawler fetched them
+            "posted_between": [_iso(scalar(select(func.min(Post.posted_at)))),
+                               _iso(scalar(select(func.max(Post.posted_at))))],
+            "crawled_between": [_iso(scalar(select(func.min(Post.crawled_at)))),
+                                _iso(scalar(select(func.max(Post.crawled_at))))],
         }
         verdicts: Counter = Counter()
         for verdict, reason, n in connection.execute(

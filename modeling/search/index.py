@@ -7,7 +7,10 @@ cosine similarity, and is backed by faiss:
 - ``ivf``: ``IndexIVFFlat`` (inverted lists over a k-means coarse quantiser, full vectors kept, so the
   scores are exact for what it visits). ``nprobe``, the lists visited per query, trades recall for speed;
   ``build`` can calibrate it on sample queries: the smallest ``nprobe`` whose recall@k against exact
-  search reaches ``target_recall`` (default 0.99), and records the recall it measured.
+  search reaches ``target_recall`` (default 0.995, a margin over the 0.99 asked of unseen queries), and
+  records the recall it measured.
+
+``build`` indexes an array at once; ``create`` + ``train`` + ``add`` fill a large index chunk by chunk.
 
 ``kind="auto"`` is exact below ``AUTO_IVF_FROM`` vectors, ivf above. ``save``/``load`` keep an index in a
 folder (``index.faiss``, ``ids.npy``, ``index.json``), written to a temporary folder and renamed into place.
@@ -65,6 +68,45 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ build
     @classmethod
+    def create(cls, dim: int, kind: str, *, n_expected: int, nlist: int | None = None, seed: int = 0) -> "VectorIndex":
+        """An empty index for about ``n_expected`` vectors; an ivf one needs ``train`` before ``add``.
+        ``kind="auto"`` picks by ``n_expected``."""
+        import faiss
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}: choose one of {', '.join(KINDS)}")
+        if kind == "auto":
+            kind = "ivf" if n_expected >= AUTO_IVF_FROM else "exact"
+        if kind == "exact":
+            return cls(faiss.IndexFlatIP(dim), np.array([], dtype=str), "exact", {})
+        nlist = nlist or max(1, min(4096, int(round(math.sqrt(n_expected)))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.cp.niter = 10  # a coarse quantiser needs no more
+        self = cls(index, np.array([], dtype=str), "ivf", {"nlist": nlist})
+        self.set_nprobe(max(1, nlist // 16))
+        return self
+
+    @property
+    def train_size(self) -> int:
+        """How many sample vectors ``train`` wants: 64 per inverted list (0 for exact)."""
+        return 64 * self.index.nlist if self.kind == "ivf" else 0
+
+    def train(self, sample: np.ndarray) -> None:
+        if self.kind == "ivf":
+            self.index.train(normalize(sample))
+
+    def add(self, vectors: np.ndarray, ids) -> None:
+        x = normalize(vectors)
+        ids = np.asarray([str(i) for i in ids])
+        if len(ids) != len(x):
+            raise ValueError(f"{len(x)} vectors but {len(ids)} ids")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"vectors have {x.shape[1]} dimensions, the index {self.dim}")
+        self.index.add(x)
+        self.ids = np.concatenate([self.ids, ids]) if len(self.ids) else ids
+
+    @classmethod
     def build(
         cls,
         vectors: np.ndarray,
@@ -74,43 +116,28 @@ class VectorIndex:
         nlist: int | None = None,
         nprobe: int | None = None,
         calibration_queries: np.ndarray | None = None,
-        target_recall: float = 0.99,
+        target_recall: float = 0.995,
         k: int = 10,
         seed: int = 0,
     ) -> "VectorIndex":
-        import faiss
-
-        if kind not in KINDS:
-            raise ValueError(f"unknown index kind {kind!r}: choose one of {', '.join(KINDS)}")
+        """An index over ``vectors`` (one id each). An ivf index is calibrated on ``calibration_queries``
+        when given (see ``calibrate``), else uses ``nprobe`` (default: a sixteenth of the lists)."""
         x = normalize(vectors)
-        ids = np.asarray([str(i) for i in ids])
-        if len(ids) != len(x):
-            raise ValueError(f"{len(x)} vectors but {len(ids)} ids")
         if len(x) == 0:
             raise ValueError("no vectors to index")
-        n, d = x.shape
-        if kind == "auto":
-            kind = "ivf" if n >= AUTO_IVF_FROM else "exact"
-        if kind == "exact":
-            index = faiss.IndexFlatIP(d)
-            index.add(x)
-            return cls(index, ids, "exact", {})
-        nlist = nlist or max(1, min(4096, int(round(math.sqrt(n)))))
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        # k-means on a sample: 64 points per list is plenty for the coarse quantiser
-        rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)] if n > 64 * nlist else x
-        index.cp.seed = seed
-        index.train(sample)
-        index.add(x)
-        self = cls(index, ids, "ivf", {"nlist": nlist})
+        if len(ids) != len(x):
+            raise ValueError(f"{len(x)} vectors but {len(ids)} ids")
+        self = cls.create(x.shape[1], kind, n_expected=len(x), nlist=nlist, seed=seed)
+        if self.kind == "ivf":
+            rng = np.random.default_rng(seed)
+            n = len(x)
+            self.train(x[rng.choice(n, size=self.train_size, replace=False)] if n > self.train_size else x)
+        self.add(x, ids)
         if nprobe is not None:
             self.set_nprobe(nprobe)
-        elif calibration_queries is not None:
-            self.calibrate(calibration_queries, target_recall=target_recall, k=k, exact_vectors=x)
-        else:
-            self.set_nprobe(max(1, nlist // 16))
+        elif calibration_queries is not None and self.kind == "ivf":
+            truth = exact_top_k(x, normalize(calibration_queries), k)[1]
+            self.calibrate(calibration_queries, truth, target_recall=target_recall)
         return self
 
     def set_nprobe(self, nprobe: int) -> None:
@@ -119,19 +146,16 @@ class VectorIndex:
         self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
         self.params["nprobe"] = int(self.index.nprobe)
 
-    def calibrate(self, queries: np.ndarray, *, target_recall: float = 0.99, k: int = 10,
-                  exact_vectors: np.ndarray | None = None) -> float:
-        """The smallest nprobe (powers of two, then the list count) whose recall@k on ``queries`` against
-        exact search reaches ``target_recall``; returns the recall measured with it."""
+    def calibrate(self, queries: np.ndarray, truth: np.ndarray, *, target_recall: float = 0.995) -> float:
+        """The smallest nprobe (powers of two, then every list) whose recall@k on ``queries`` reaches
+        ``target_recall``; ``truth``: the exact top-k positions [Q, k]. Returns the recall measured."""
         if self.kind != "ivf":
             return 1.0
         q = normalize(queries)
-        x = exact_vectors if exact_vectors is not None else self.index.reconstruct_n(0, len(self))
-        truth = exact_top_k(x, q, k)[1]
+        k = truth.shape[1]
         nlist = self.index.nlist
-        tried = sorted({*(2**i for i in range(int(math.log2(nlist)) + 1)), nlist})
         recall = 0.0
-        for nprobe in tried:
+        for nprobe in sorted({*(2**i for i in range(int(math.log2(nlist)) + 1)), nlist}):
             self.set_nprobe(nprobe)
             recall = recall_at_k(self.index.search(q, k)[1], truth)
             if recall >= target_recall:

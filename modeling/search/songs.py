@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_QUERIES = 500
 
 
-def _load_tags(path) -> tuple[list[str], np.ndarray, list[str]]:
-    """(tag_names, probs [N, T], image_sha256) of the ok rows of a tags file."""
-    from modeling.tags import load_tags
-
-    return load_tags(path)
-
-
 def top_contributions(image_vector: np.ndarray, song_vector: np.ndarray, tag_names: list[str],
                       n: int = 3) -> list[tuple[str, float]]:
     """The ``n`` tags with the largest positive terms x_j * s_j of the cosine (unit vectors)."""
@@ -55,9 +48,9 @@ class SongSearch:
     def __init__(self, model_dir: str | os.PathLike, snapshot_dir: str | os.PathLike, tags_path: str | os.PathLike,
                  *, kind: str = "auto", tagger=None, device: str = "cpu", rebuild: bool = False):
         from curation.snapshots.reader import load_snapshot
-        from modeling.model import load_model
+        from modeling.models import load_scorer
 
-        self.model = load_model(model_dir, device=device)
+        self.model = load_scorer(model_dir, device=device)
         self.tag_names = list(self.model.tag_names)
         self._tagger = tagger
         self._device = device
@@ -66,23 +59,25 @@ class SongSearch:
         self.songs = songs[["song_id", "title", "artist"]].astype({"song_id": str})
         self._song_row = {sid: i for i, sid in enumerate(self.songs.song_id)}
         self._texts = songs["modeling_text"].fillna("").tolist()
-        names, probs, shas = _load_tags(tags_path)
+        from modeling.tags import load_tags
+
+        names, probs, shas = load_tags(tags_path)
         if list(names) != self.tag_names:
             raise ValueError(f"{tags_path} has other tags ({len(names)}) than the model was trained with "
                              f"({len(self.tag_names)}): tag the snapshot with the model's vocabulary")
         self.image_sha256 = [str(s) for s in shas]
         self._image_row = {s: i for i, s in enumerate(self.image_sha256)}
-        self._image_vectors = self.model.image_vectors(probs).numpy()
+        self._image_vectors = self.model.image_vectors(probs)
         triplets = snapshot.triplets
         first = triplets.drop_duplicates("image_sha256").set_index("image_sha256")
         self._image_info = {s: {"image_path": str(first.image_path.get(s, "")), "post_id": str(first.post_id.get(s, ""))}
                             for s in self.image_sha256}
-        self.attention = bool(self.model.model.attention)
+        self.attention = self.model.conditional
         self.song_index = self.image_index = None
         self._song_vectors = None
         if not self.attention:
             folder = Path(model_dir) / "search" / f"{Path(str(snapshot_dir).rstrip('/')).name}-{kind}"
-            self._song_vectors = self.model.song_vectors(self._texts).numpy()
+            self._song_vectors = self.model.song_vectors(self._texts)
             self.song_index = self._index(folder / "songs", self._song_vectors, self.songs.song_id,
                                           self._image_vectors, kind, rebuild)
             self.image_index = self._index(folder / "images", self._image_vectors, self.image_sha256,
@@ -116,9 +111,9 @@ class SongSearch:
         """``image``: a file path, or tag probabilities [T]. Best first: rank, song_id, title, artist,
         score (cosine), tags (the image's tags that drove the match, with their share of the cosine)."""
         probs = self.image_probs(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image, np.float32).reshape(1, -1)
-        x = self.model.image_vectors(probs).numpy()
+        x = self.model.image_vectors(probs)
         if self.song_index is None:
-            scores = self.model.score(probs, self._texts)[0]
+            scores = self.model.score(probs, list(self.songs.song_id), self._texts)[0]
             order = np.argsort(-scores, kind="stable")[:top_k]
             hits = [(self.songs.song_id[i], float(scores[i])) for i in order]
         else:

@@ -14,9 +14,9 @@ bright           mean CIELAB lightness L* / 100
 dark             share of pixels with L* < 25
 vivid            mean HSV saturation
 pale             share of pixels with L* > 70 and chroma C*ab < 20 (light, washed-out)
-warm             share of pixels that are chromatic (C*ab >= 15) with a hue angle h_ab in [-60°, 100°)
-                 (magenta-red through yellow)
-cold             share of chromatic pixels with h_ab in [150°, 300°) (green-cyan through blue-violet)
+warm             share of pixels that are chromatic (C*ab >= 15) with a hue angle h_ab in [340°, 360°) or
+                 [0°, 100°) (crimson, red, orange, most yellows; sRGB red is at 40°)
+cold             share of chromatic pixels with h_ab in [130°, 320°) (green, cyan, blue; sRGB blue is at 306°)
 contrast         RMS contrast: 2 × the standard deviation of luminance Y (in [0, 1]), clipped to 1
 colorful         Hasler & Süsstrunk (2003) colourfulness M (0..255 scale) / 150, clipped to 1
                  (M ≈ 15 "slightly", 59 "quite", 109 "extremely" colourful)
@@ -67,8 +67,8 @@ def pixel_attributes(images):
     hue = torch.rad2deg(torch.atan2(bb, a))  # (-180, 180]
     chromatic = chroma >= 15
     hue360 = torch.remainder(hue, 360)
-    warm = (chromatic & (hue >= -60) & (hue < 100)).float().mean(1)
-    cold = (chromatic & (hue360 >= 150) & (hue360 < 300)).float().mean(1)
+    warm = (chromatic & ((hue360 >= 340) | (hue360 < 100))).float().mean(1)
+    cold = (chromatic & (hue360 >= 130) & (hue360 < 320)).float().mean(1)
     bright = (lightness.mean(1) / 100).clamp(0, 1)
     dark = (lightness < 25).float().mean(1)
     cmax, cmin = rgb.max(-1).values, rgb.min(-1).values

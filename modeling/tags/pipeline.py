@@ -26,6 +26,10 @@ from modeling.tags.vocabularies import VOCABULARIES, available_vocabularies, voc
 
 log = logging.getLogger(__name__)
 
+# torch.compile pays for itself from about this many images on a CPU (compiling takes one to two minutes
+# on two cores, then the network runs about 2x faster than eager bfloat16).
+COMPILE_FROM = 10_000
+
 
 def plan_workers(device, workers: int | None) -> tuple[int, int]:
     """(decode worker processes, torch threads). On the CPU the cores are shared: one decode worker per
@@ -109,7 +113,7 @@ def extract_tags(
     backend_options: dict | None = None,
     device: str = "auto",
     precision: str = "auto",
-    compile: bool = False,
+    compile: bool | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     decode: str = "auto",
@@ -141,6 +145,8 @@ def extract_tags(
         return status != "ok" and (retry_errors or (error or "").startswith("read:"))
 
     todo = [item for item in items if needs_tagging(item[0])]
+    if tagger.compile is None:
+        tagger.compile = tagger.device.type == "cpu" and len(todo) >= COMPILE_FROM
     failures: list[tuple[str, str]] = []
     n_failed = 0
     bar = _Progress(len(todo), progress)

