@@ -142,7 +142,7 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
                 # A worker killed mid-task is noticed after this long without a heartbeat (default 300 s).
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"})
-    services = AirflowServices(cluster, env=env, workers=2, concurrency=2,
+    services = AirflowServices(cluster, env=env, workers=2,
                                queues=",".join(queues.values()), say=lambda m: print(m, flush=True))
     killed = {}
     try:
