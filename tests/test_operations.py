@@ -47,8 +47,10 @@ def _go_away_after(world, method: str, calls: int, then=None):
     original, count, lock, gone = getattr(world, method), [0], threading.Lock(), threading.Event()
 
     def go_away():
-        (then or world.stop)()
-        gone.set()
+        try:
+            (then or world.stop)()
+        finally:  # never leave the waiting handlers hanging
+            gone.set()
 
     def counting(*args, **kwargs):
         with lock:
@@ -145,6 +147,7 @@ def test_object_store_outage_mid_fetch_fails_the_stage_and_a_rerun_leaves_no_orp
     objects = tmp_path / "objects"
 
     def unmount():  # the store's folder vanishes; a file in its place makes every write fail
+        objects.mkdir(exist_ok=True)  # on a loaded machine no image may have been stored yet
         objects.rename(tmp_path / "objects-away")
         objects.write_text("not a folder")
 
