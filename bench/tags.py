@@ -223,7 +223,7 @@ def decode_bound(items, objects: Path, batch_size: int, workers: int | None, dev
     return len(items) / (time.perf_counter() - t0)
 
 
-def compute_bound(device, batch_size: int, batches: int, workers: int | None) -> float:
+def compute_bound(device, batch_size: int, batches: int, workers: int | None, compile: bool) -> float:
     import torch
 
     from modeling.tags.backends import make_backend
@@ -232,7 +232,7 @@ def compute_bound(device, batch_size: int, batches: int, workers: int | None) ->
     _, threads = plan_workers(device, workers)
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    backend = make_backend("efficientnet-lite0", device=str(device))
+    backend = make_backend("efficientnet-lite0", device=str(device), compile=compile)
     x = torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device)
     backend(x)  # warm up
     _sync(device)
@@ -301,6 +301,7 @@ def main() -> int:
 
     from modeling import resolve_device
     from modeling.tags import extract_tags
+    from modeling.tags.pipeline import COMPILE_FROM
 
     device = resolve_device(args.device)
     batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
@@ -358,7 +359,8 @@ def main() -> int:
         print(f"now / naive:  {results['now'] / results['naive']:.2f}x", flush=True)
     if "bounds" not in args.skip:
         decode = decode_bound(items, objects, batch_size, args.workers, device)
-        compute = compute_bound(device, batch_size, max(3, min(40, len(items) // batch_size)), args.workers)
+        compiled = {"yes": True, "no": False}.get(args.compile, device.type == "cpu" and len(items) >= COMPILE_FROM)
+        compute = compute_bound(device, batch_size, max(3, min(40, len(items) // batch_size)), args.workers, compiled)
         bound, name = min((decode, "decode"), (compute, "compute (model + attributes)"))
         print(f"bounds: decode alone {decode:.1f} images/s (worker processes, CPU), model alone {compute:.1f} "
               f"images/s (batches already on the device); bound: {name}; the stage runs at "

@@ -244,11 +244,6 @@ def reconcile_objects(settings: Settings) -> dict:
     return counts
 
 
-    return {"stored": counts["stored"] + counts["duplicate"], "attempted": counts["attempted"],
-            "failed": counts["error"] + counts["rejected"] + counts["disallowed"],
-            "deferred": counts["deferred"], "failures": counts["failures"]}
-
-
 def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: bool = True,
                  deadline: float = 30.0, max_attempts: int | None = None) -> dict:
     """Ask the lyric provider for every song without an answer yet; answers are cached in the catalog

@@ -5,7 +5,6 @@ no local file from crawled content, robots.txt unavailability that decides nothi
 from __future__ import annotations
 
 import io
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from crawlers.sharing_site import HtmlSiteSource, parse_post_page
 from crawlers.sources import ParseError, crawl_posts, parse_count
 from curation.catalog import CrawlUrl, Image, Post, session_scope
 from curation.crawl_store import CatalogCrawlState, ensure_source
-from tests.test_crawlers import MemoryState
+from test_crawlers import MemoryState
 
 UA = "image2song-tests/0 (+tests@example.invalid)"
 

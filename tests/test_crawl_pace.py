@@ -64,3 +64,25 @@ def test_two_shards_with_two_processes_each_keep_one_pace_per_host(http_server, 
     # close to the next one. Per-process pacing would give about 20-40 requests/s here.
     assert rate <= 1.25 / CRAWL_DELAY
     assert busiest <= 2 / CRAWL_DELAY + 8
+
+
+def test_a_slow_down_seen_by_one_process_holds_every_other_and_fades_with_time(db_url):
+    """Two pacers on one catalog stand for two worker processes: a 429 with Retry-After that one of them
+    saw holds the other's next slot back, and the slow-down is gone after its fade time, not after a
+    number of successes."""
+    from curation.crawl_store import CatalogPacer
+
+    one, other = CatalogPacer(db_url, fade=2.0, refresh=0.0), CatalogPacer(db_url, fade=2.0, refresh=0.0)
+    host = "https://example.org"
+    assert not other.busy(host)
+    now = time.time()
+    assert one.slow_down(host, 0.2, retry_after=0.5, max_penalty=10) == pytest.approx(0.2)
+    assert other.busy(host)
+    first = other.reserve(host, 0.0)
+    second = other.reserve(host, 0.0)
+    assert first >= now + 0.5  # nothing before Retry-After, whoever asks
+    assert second - first >= 0.05  # and the slow-down (0.2 s, fading) spaces what follows
+    time.sleep(max(0.0, first - time.time()) + 2.1)
+    assert not other.busy(host)
+    other.reserve(host, 0.0)
+    assert other.reserve(host, 0.0) <= time.time()  # faded: the next slot is now, no delay left

@@ -657,14 +657,30 @@ def test_identical_lyrics_never_sit_in_train_and_test(db_url, tmp_path):
 
 
 def test_an_empty_modeling_text_never_reaches_a_snapshot(db_url, tmp_path):
+    """A curator accepts a lyric with nothing left for modeling (and an old approval has one too): the
+    build leaves both songs out and sends them back to review."""
+    from curation.catalog import ReviewItem
+
     fill_catalog(db_url, songs=12, german=())
+    stop_words_only = "And it is, is it? The... and, so!"
     with session_scope(db_url) as session:
-        candidate = session.scalar(select(LyricCandidate).order_by(LyricCandidate.id))
-        candidate.text, candidate.decided_by = "And it is, is it? The... and, so!", "ann"  # accepted by a curator
-        song = f"s{candidate.song_id}"
+        first, second = session.scalars(select(LyricCandidate).order_by(LyricCandidate.id).limit(2))
+        first.text = second.text = stop_words_only
+        first.verdict = "review"  # a curator will accept it
+        left_out = sorted([f"s{first.song_id}", f"s{second.song_id}"])
+        first_id, second_id = first.id, second.id
+    enqueue_reviews(db_url)
+    item = next(i for i in pending_items(db_url) if i["text"] == stop_words_only)["item"]
+    decide(db_url, item, "accept", "ann")
     snap = load_snapshot(build_snapshot(db_url, tmp_path / "s", Recipe(test_songs=3))["path"])
-    assert song not in set(snap.triplets["song_id"]) and (snap.songs["modeling_text"] != "").all()
-    assert snap.manifest["notes"]["left_out_empty_modeling_text"] == [song]
+    assert not set(left_out) & set(snap.triplets["song_id"]) and (snap.songs["modeling_text"] != "").all()
+    assert snap.manifest["notes"]["left_out_empty_modeling_text"] == left_out
+    with session_scope(db_url) as session:
+        assert session.get(LyricCandidate, first_id).verdict == "review"
+        assert session.get(ReviewItem, item).state == "pending"  # reopened for a curator
+        second = session.get(LyricCandidate, second_id)
+        assert second.verdict == "review" and second.reason.startswith("empty modeling text")
+    assert enqueue_reviews(db_url)["enqueued"] == 1  # the never-reviewed one joins the queue
 
 
 def test_diff_at_content_level(db_url, tmp_path):

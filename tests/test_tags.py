@@ -354,14 +354,15 @@ import json
 from airflow.dag_processing.dagbag import DagBag
 dag = DagBag(dag_folder="dags/train.py").dags["train"]
 params = dag.params
-defaults = {"vocabulary": params["tag_vocabulary"], "device": params["device"]}
+defaults = {"vocabularies": params["tag_vocabularies"], "device": params["device"]}
 refused = {}
-for key, bad in (("tag_vocabulary", "colours"), ("device", "tpu"), ("device", "cuda:1")):
+for key, bad in (("tag_vocabularies", ["colours"]), ("tag_vocabularies", ["obj", "attr"]), ("device", "tpu"),
+                 ("device", "cuda:1")):
     try:
         params.get_param(key).resolve(bad)
-        refused[f"{key}={bad}"] = False
+        refused[f"{key}={bad!r}"] = False
     except Exception:
-        refused[f"{key}={bad}"] = True
+        refused[f"{key}={bad!r}"] = True
 print(json.dumps({"pool": dag.get_task("extract_tags").pool, **defaults, "refused": refused}))
 """
 
@@ -378,8 +379,9 @@ def test_train_dag_tags_in_the_accelerator_pool_with_validated_params(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["pool"] == "accelerator" and found["vocabulary"] == "obj+attr" and found["device"] == "auto"
-    assert found["refused"] == {"tag_vocabulary=colours": True, "device=tpu": True, "device=cuda:1": False}
+    assert found["pool"] == "accelerator" and found["vocabularies"] == ["obj+attr"] and found["device"] == "auto"
+    assert found["refused"] == {"tag_vocabularies=['colours']": True, "tag_vocabularies=['obj', 'attr']": False,
+                                "device='tpu'": True, "device='cuda:1'": False}
 
 
 @pytest.mark.slow

@@ -207,9 +207,11 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
     empty = sorted(song for song, text in modeling.items() if not text)
     if empty:
         kept = kept[~kept["song_id"].isin(empty)]
+        songs_left_out = {row[0]: row[5] for row in songs if row[0] in set(empty)}  # song -> candidate id
         songs = [row for row in songs if row[0] not in set(empty)]
-        log.warning("%d song(s) left out: their approved lyric has an empty modeling text (%s)", len(empty),
-                    ", ".join(f"s{song}" for song in empty[:10]))
+        send_back_to_review(db_url, sorted(songs_left_out.values()))
+        log.warning("%d song(s) left out and sent back to review: their approved lyric has an empty modeling "
+                    "text (%s)", len(empty), ", ".join(f"s{song}" for song in empty[:10]))
     kept, notes = assign_splits(kept, recipe, linked_songs=same_lyric_songs(modeling))
     if empty:
         notes["left_out_empty_modeling_text"] = [f"s{song}" for song in empty]
@@ -267,6 +269,30 @@ def build_snapshot(db_url: str, snapshots_root: str | os.PathLike, recipe: Recip
     log.info("published snapshot %s: %s", version, counts)
     return {"version": version, "path": uri, "counts": counts, "files": files,
             "datasheet": f"{uri}/datasheet.md", "pending_reviews": state["pending_reviews"], "published": True}
+
+
+EMPTY_MODELING_TEXT = "empty modeling text: nothing is left once stop words and symbols are removed"
+
+
+def send_back_to_review(db_url: str, candidate_ids: list[int]) -> None:
+    """Approved lyrics that cannot be modeled go back to a curator: a decided review item is reopened
+    (with the reason as its comment), a lyric never reviewed becomes a review candidate."""
+    from curation.catalog import LyricCandidate, ReviewItem
+    from curation.review.queue import reopen
+
+    if not candidate_ids:
+        return
+    with session_scope(db_url) as session:
+        items = dict(session.execute(select(ReviewItem.candidate_id, ReviewItem.id)
+                                     .where(ReviewItem.candidate_id.in_(candidate_ids))).all())
+        for candidate in session.scalars(select(LyricCandidate).where(LyricCandidate.id.in_(candidate_ids))):
+            if candidate.id not in items:
+                candidate.verdict, candidate.reason, candidate.decided_by = "review", EMPTY_MODELING_TEXT, "snapshot"
+    for item_id in items.values():
+        try:
+            reopen(db_url, item_id, "snapshot build", comment=EMPTY_MODELING_TEXT)
+        except ValueError:  # already back in the queue
+            pass
 
 
 def _catalog_uri(store: SnapshotStore, version: str) -> str:

@@ -127,6 +127,10 @@ def extract_tags(
     most ``checkpoint_every`` images of work). Images that could not be read are tried again on the next
     run; images that could not be decoded keep their error row unless ``retry_errors``. A bad image
     never stops the stage: it is counted in ``failed`` and listed (first 10) in ``failures``.
+
+    ``compile``: ``torch.compile`` the network (None: on a CPU when at least ``COMPILE_FROM`` images are to be
+    tagged). ``precision``: ``auto`` (bfloat16 on GPUs and AMX CPUs), ``fp32``, ``bf16``, ``fp16``.
+    ``workers``: decode processes (None: sized to the cores, see :func:`plan_workers`).
     """
     from curation.snapshots.reader import load_snapshot
 
