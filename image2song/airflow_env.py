@@ -124,6 +124,10 @@ def cluster_environment(settings: Settings, *, metadata_url: str, broker_url: st
                                                                           "postgresql+asyncpg://", 1),
         "AIRFLOW__CELERY__BROKER_URL": broker_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata_url,
+        # Prefork pool processes are daemonic, and a daemonic process may not start processes (tagging's
+        # data loader and large image fetches do); Airflow's task supervisor needs the main thread (no
+        # threads pool). Solo: one task at a time per worker, in its main thread; run more workers.
+        "AIRFLOW__CELERY__POOL": "solo",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
@@ -139,7 +143,7 @@ class AirflowServices:
     address): on one host the API server reads task logs from the files."""
 
     def __init__(self, settings: Settings, port: int | None = None, *, env: dict[str, str] | None = None,
-                 workers: int = 0, queues: str = "default,gpu", concurrency: int = 2, say=print):
+                 workers: int = 0, queues: str = "default,gpu", concurrency: int = 1, say=print):
         self.settings = settings
         self.env = env or airflow_environment(settings, port)
         self.port = int(self.env["IMAGE2SONG_AIRFLOW_PORT"])

@@ -312,7 +312,8 @@ def _airflow_cluster(argv: list[str], settings: Settings) -> int:
     queues = f"{os.environ.get('AIRFLOW__OPERATORS__DEFAULT_QUEUE', 'default')},{GPU_QUEUE}"
     parser.add_argument("--queues", default=queues, help=f"queues the workers take (default {queues}; "
                         f"GPU hosts: {GPU_QUEUE})")
-    parser.add_argument("--concurrency", type=int, default=2, help="task slots per worker (default 2)")
+    parser.add_argument("--concurrency", type=int, default=1, help="task slots per worker (default 1: the solo "
+                        "pool runs one task at a time; start more workers for more)")
     parser.add_argument("--broker", default=os.environ.get("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0"),
                         help="Celery broker (default AIRFLOW__CELERY__BROKER_URL or redis://127.0.0.1:6379/0)")
     parser.add_argument("--only-workers", action="store_true", help="start only the workers (another host runs "

@@ -28,8 +28,14 @@ guards = {d: {t.task_id: {"retries": t.retries, "timeout": t.execution_timeout.t
 runs = {d: {"timeout": dags.dags[d].dagrun_timeout.total_seconds() if dags.dags[d].dagrun_timeout else None,
             "deadlines": len(dags.dags[d].deadline or []), "paused_at_creation": dags.dags[d].is_paused_upon_creation}
         for d in dags.dag_ids}
+try:
+    dags.dags["train"].params.get_param("splits").resolve(["a", "a"])
+    duplicate_splits = "accepted"
+except Exception as error:
+    duplicate_splits = type(error).__name__
 print(json.dumps({"errors": {k: v[-300:] for k, v in dags.import_errors.items()}, "dags": sorted(dags.dag_ids),
                   "timings": timings, "heavy": heavy, "guards": guards, "runs": runs,
+                  "duplicate_splits": duplicate_splits,
                   "tasks": {d: sorted(dags.dags[d].task_ids) for d in dags.dag_ids}}))
 """
 
@@ -103,3 +109,5 @@ def test_every_task_has_retries_a_timeout_and_a_failure_callback(tmp_path):
         assert run["timeout"] and run["deadlines"] == 1, (dag_id, run)
     # The scheduled DAG waits for an operator: no run on Airflow's first start.
     assert found["runs"]["refresh"]["paused_at_creation"] is True
+    # A split asked twice is refused, not trained twice into one folder.
+    assert found["duplicate_splits"] == "ParamValidationError"

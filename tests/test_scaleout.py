@@ -7,7 +7,7 @@ same stages in one process on SQLite), the metrics agree, nothing is duplicated 
 process is left behind.
 
 Tolerance: the same seed gives the same snapshot exactly; training in another process on the same data
-may differ in float rounding, so R@1/5/10 may differ by at most 5 points and the median rank by 10%.
+may differ in float rounding, so R@10 may differ by at most 5 points and the median rank by 10% (+1).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.skipif(
 
 TINY_POSTS = 300
 TEST_SONGS = 4
-EPOCHS = 5  # the train DAG's default, which the asset-triggered run uses
+TRAIN_PARAMS = {"splits": ["b"], "epochs": 3, "baselines": ["conse"], "seed": 0}
 REDIS_DB = 11  # this check's own Redis database; queues are named per run, so parallel runs do not mix
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -142,7 +142,7 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
                 # A worker killed mid-task is noticed after this long without a heartbeat (default 300 s).
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"})
-    services = AirflowServices(cluster, env=env, workers=2, concurrency=2,
+    services = AirflowServices(cluster, env=env, workers=2,
                                queues=",".join(queues.values()), say=lambda m: print(m, flush=True))
     killed = {}
     try:
@@ -155,7 +155,7 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
         api.wait_for_dags(["refresh", "train"], timeout=240)
 
         # Every task shows retries, a timeout and (heavy ones) a pool, as the scheduler serves them.
-        heavy = {"fetch_images", "build_snapshot", "extract_tags", "train_model", "evaluate_model"}
+        heavy = {"fetch_images", "build_snapshot", "extract_tags", "train_models", "evaluate_models"}
         for dag_id in ("refresh", "train"):
             for t in api.tasks(dag_id):
                 assert t["retries"] >= 1 and t["execution_timeout"], (dag_id, t["task_id"], t)
@@ -178,14 +178,13 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
             "GET", f"/dags/refresh/dagRuns/{refresh_id}/taskInstances")["task_instances"]}
         assert tries["fetch_images"] >= 2, tries  # the killed try failed, a retry finished the shard
 
-        # train, triggered by the snapshot's Asset, with the scheduler killed (and restarted by the
-        # supervisor) mid-run.
+        # train, with small parameters (the snapshot's Asset event is dropped: the demo's end-to-end test
+        # covers that chain; here the defaults would train every baseline for 30 epochs), and the
+        # scheduler killed (and restarted by the supervisor) mid-run.
+        dropped = api.session.delete(f"{api.base}/dags/train/assets/queuedEvents", timeout=30)
+        assert dropped.status_code in (204, 404), dropped.text
+        train_id = api.trigger("train", TRAIN_PARAMS)
         api.unpause("train")
-        deadline = time.monotonic() + 180
-        while not (runs := [r for r in api.runs("train") if r["run_type"] == "asset_triggered"]):
-            assert time.monotonic() < deadline, "the snapshot Asset triggered no train run"
-            time.sleep(2)
-        train_id = runs[0]["dag_run_id"]
         scheduler_killed = []
 
         def kill_scheduler(states):
@@ -218,20 +217,28 @@ def test_cluster_runs_refresh_and_train_through_faults(tmp_path, databases):
     finally:
         world_running.stop()
     assert reconciled["objects"] == stages.reconcile_objects(embedded)["objects"]
-    from curation.snapshots.build import diff_snapshots
+    # Membership: the same posts, images and songs. (Which songs go to which split is seeded over
+    # catalog row ids, which differ when posts are crawled in another order: not compared here.)
+    from curation.snapshots.reader import read_table
 
-    diff = diff_snapshots(snapshot["path"], summary["snapshot"])
-    assert all(row["added"] == row["removed"] == 0 for row in diff["splits"].values()), diff
-    assert diff["songs"]["gained"] == diff["songs"]["lost"] == 0, diff
+    def members(path):
+        rows = read_table(path, "triplets", columns=["external_id", "image_sha256", "title", "artist"])
+        return sorted(map(tuple, rows.astype(str).values))
 
-    tags = stages.extract_tags(embedded, snapshot["path"])
-    for split, cluster_metrics in summary["splits"].items():
-        model = stages.train(embedded, snapshot["path"], tags["tags_path"], split=split, epochs=EPOCHS)
-        local = stages.evaluate(embedded, model["model_dir"], snapshot["path"], tags["tags_path"])["image_to_song"]["model"]
-        for key in ("R@1", "R@5", "R@10"):
-            if key in local:
-                assert abs(local[key] - cluster_metrics[key]) <= 5.0, (split, key, local, cluster_metrics)
-        assert abs(local["MedR"] - cluster_metrics["MedR"]) <= 0.1 * local["MedR"] + 1, (split, local, cluster_metrics)
+    assert members(snapshot["path"]) == members(summary["snapshot"])
+
+    # Metrics: the cluster's model against the same stages trained here, in one process, on its snapshot.
+    tags = stages.extract_tags(embedded, summary["snapshot"])
+    experiment = stages.train(embedded, summary["snapshot"], tags["tags_paths"], split="b", vocabulary="obj+attr",
+                              params=TRAIN_PARAMS)
+    local = stages.report(embedded, [stages.evaluate(embedded, experiment["experiment_dir"])],
+                          summary["snapshot"])["headline"]
+    assert set(local) == set(summary["headline"]) and local, (local, summary["headline"])
+    for name, figures in local.items():
+        theirs = summary["headline"][name]
+        if figures["R@10"] is not None:
+            assert abs(figures["R@10"] - theirs["R@10"]) <= 5.0, (name, figures, theirs)
+        assert abs(figures["MedR"] - theirs["MedR"]) <= 0.1 * figures["MedR"] + 1, (name, figures, theirs)
 
     # Nothing the cluster started is left.
     deadline = time.monotonic() + 30
