@@ -48,6 +48,13 @@ def _cause(service: str, failures: list) -> str:
     return f"{service}: {common}"
 
 
+def _clip(text: str, limit: int = 300) -> str:
+    """A long error cut in its middle: its head says what failed, its tail why (the root cause)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 3]} … {text[-(limit - limit // 3):]}"
+
+
 def gives_up(max_rate: float):
     """``(failed, total) -> bool``: true once the stage will fail whatever the rest does, so that a stage
     stops asking a service that is down instead of waiting out every request's retries."""
@@ -296,7 +303,7 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
                     continue
                 except Exception as store_error:  # noqa: BLE001 - stored on the song below
                     error = f"{type(store_error).__name__}: {store_error}"
-            failures.append((f"song {song['id']} {song['title']!r}", error[:300]))
+            failures.append((f"song {song['id']} {song['title']!r}", _clip(error)))
             verdict = store_lyric_failure(settings.db_url, song["id"], provider.name, error, max_attempts)
             sent_to_review += verdict == "review"
             log.debug("lyrics for song %s %r: %s", song["id"], song["title"], error)
