@@ -136,7 +136,9 @@ def test_training_is_seeded_and_saves_its_configuration(task, glove, tmp_path):
     train_models(snap, tags, tmp_path / "m1", **kw)
     train_models(snap, tags, tmp_path / "m2", **kw)
     one, two = (json.loads((tmp_path / m / "training.json").read_text()) for m in ("m1", "m2"))
-    assert one["models"]["paper"]["history"][-1]["loss"] == two["models"]["paper"]["history"][-1]["loss"]
+    # Same seed, same run: equal up to float32 summation order across CPU threads.
+    assert one["models"]["paper"]["history"][-1]["loss"] == pytest.approx(
+        two["models"]["paper"]["history"][-1]["loss"], rel=1e-5)
     assert one["config"]["seed"] == 3 and one["config"]["loss"] == "margin" and one["config"]["batch_size"] == 100
     assert one["models"]["paper"]["config"]["attention"] is True
     assert one["summary"]["n_train_songs"] == N_SONGS - 10 - one["summary"]["n_validation_pairs"] // 5
