@@ -143,23 +143,27 @@ def test_site_outage_mid_crawl_fails_the_stage_and_a_rerun_completes(corpus, tmp
 
 
 def test_object_store_outage_mid_fetch_fails_the_stage_and_a_rerun_leaves_no_orphans(corpus, tmp_path):
-    settings = _settings(tmp_path)
-    objects = tmp_path / "objects"
+    # The store is reached through a link, so the outage can begin in one atomic step: renaming the
+    # folder away would leave a moment in which a worker's makedirs recreates it.
+    objects, mount = tmp_path / "objects", tmp_path / "objects-mount"
+    objects.mkdir()
+    mount.symlink_to(objects)
+    (tmp_path / "not-a-folder").write_text("every write under a file fails")
+    settings = _settings(tmp_path, IMAGE2SONG_OBJECT_STORE=str(mount))
 
-    def unmount():  # the store's folder vanishes; a file in its place makes every write fail
-        objects.mkdir(exist_ok=True)  # on a loaded machine no image may have been stored yet
-        objects.rename(tmp_path / "objects-away")
-        objects.write_text("not a folder")
+    def point_mount_at(target):
+        swap = tmp_path / "mount-swap"
+        swap.symlink_to(target)
+        swap.replace(mount)
 
     with _world(corpus, settings) as world:
         stages.migrate(settings)
         stages.crawl(settings)
-        _go_away_after(world, "_image", 30, then=unmount)
+        _go_away_after(world, "_image", 30, then=lambda: point_mount_at(tmp_path / "not-a-folder"))
         with pytest.raises(stages.StageFailed) as failed:
             stages.fetch_images(settings)
         assert "fetch_images: object store unavailable" in str(failed.value)
-        objects.unlink()
-        (tmp_path / "objects-away").rename(objects)
+        point_mount_at(objects)
         again = stages.fetch_images(settings)
     assert again["failed"] == 0 and again["attempted"] == failed.value.counts["failed"]
     # Writes cut off mid-way may have left half-written files: reconciling removes them, and then the
