@@ -66,11 +66,21 @@ def client() -> requests.Session:
     return session
 
 
+def attempt_login(base: str, name: str, password: str = PASSWORD, *, forwarded: str | None = None,
+                  session: requests.Session | None = None) -> requests.Response:
+    """One login through the form (its CSRF token first), from ``session`` or a fresh client, with
+    ``X-Forwarded-For: forwarded`` when given; the app's answer, whatever it is."""
+    session = session or client()
+    token = csrf_of(session.get(f"{base}/login").text)
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return session.post(f"{base}/login", data={"name": name, "password": password, "csrf": token},
+                        headers=headers, allow_redirects=False)
+
+
 def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+    """A client logged in as ``name``, carrying its session's CSRF token."""
     session = client()
-    page = session.get(f"{base}/login")
-    response = session.post(f"{base}/login", data={"name": name, "password": password, "csrf": csrf_of(page.text)},
-                            allow_redirects=False)
+    response = attempt_login(base, name, password, session=session)
     assert response.status_code == 303, response.text
     session.headers["X-CSRF-Token"] = csrf_of(session.get(f"{base}/").text)
     return session
@@ -78,6 +88,8 @@ def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
 
 @pytest.fixture
 def app_env(db_url, tmp_path):
+    """The review team on each database (curators ann and bob, admin boss, all with ``PASSWORD``) and an
+    object store folder: (db_url, store). The other review test modules import it."""
     store = str(tmp_path / "objects")
     add_curator(db_url, "ann", PASSWORD)
     add_curator(db_url, "bob", PASSWORD)
