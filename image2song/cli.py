@@ -50,6 +50,7 @@ def cmd_lyrics(args, settings: Settings) -> int:
 def cmd_review(args, settings: Settings) -> int:
     from curation.review import queue as review_queue
 
+    stages.migrate(settings)  # a fresh state folder: curators are added before any other stage ran
     if args.action == "list":
         items = review_queue.pending_items(settings.db_url, limit=args.limit)
         for item in items:
@@ -99,7 +100,6 @@ def cmd_review(args, settings: Settings) -> int:
         secret = None
         if args.secret_file:
             secret = open(args.secret_file, encoding="utf-8").read().strip()
-        stages.migrate(settings)
         from curation.review.security import parse_networks
 
         proxies = args.trusted_proxy if args.trusted_proxy is not None else settings.review_trusted_proxies

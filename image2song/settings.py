@@ -50,8 +50,10 @@ DEFAULT_RETENTION = ("snapshots are kept until the maintainer deletes them; a po
 
 
 # The share of a stage's records that may fail (they are retried next run) before the stage fails the
-# run: post pages and lyric requests fail only when a service is down; image hosts fail more often.
-DEFAULT_FAILURE_THRESHOLDS = {"crawl_posts": 0.05, "fetch_images": 0.10, "fetch_lyrics": 0.05}
+# run: post pages and lyric requests fail only when a service is down, lyrics break a filter only when
+# the filters are broken; image hosts fail more often.
+DEFAULT_FAILURE_THRESHOLDS = {"crawl_posts": 0.05, "fetch_images": 0.10, "fetch_lyrics": 0.05,
+                              "filter_lyrics": 0.05}
 
 
 def parse_thresholds(text: str) -> dict[str, float]:

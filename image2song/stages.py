@@ -66,13 +66,14 @@ def check_failures(stage: str, counts: dict, max_rate: float, *, service: str, u
     (and at least ``MIN_FAILURES_TO_FAIL``); else log and return ``counts`` with the rate added."""
     attempted, failed = counts["attempted"], counts["failed"]
     counts["failure_rate"] = round(failed / attempted, 4) if attempted else 0.0
+    fails = gives_up(max_rate)(failed, attempted)  # the very test a stage's early stop uses
     if failed:
         worst = "; ".join(f"{key}: {reason}" for key, reason in counts.get("failures", [])[:3])
         summary = (f"{_cause(service, counts.get('failures', []))}: {failed:,} of {attempted:,} {unit} failed "
                    f"({counts['failure_rate']:.1%}, threshold {max_rate:.0%})")
         if counts.get("given_up"):
             summary += f"; gave up on the {counts['given_up']:,} not tried yet"
-        if counts["failure_rate"] > max_rate and failed >= MIN_FAILURES_TO_FAIL:
+        if fails:
             raise StageFailed(stage, f"{stage}: {summary}; first: {worst}", counts)
         log.warning("%s: %s, under the threshold: they are tried again next run; first: %s", stage, summary, worst)
     return counts
@@ -322,16 +323,19 @@ def fetch_lyrics(settings: Settings, *, workers: int = 4, provider=None, cache: 
 
 def filter_lyrics(settings: Settings, config=None) -> dict:
     """Judge every pending lyric candidate (``curation.lyrics.filters.FilterConfig`` holds the thresholds);
-    returns and logs the run's counts: judged, approved, rejected, review, and per reason kind."""
+    returns and logs the run's counts: judged, approved, rejected, review, and per reason kind. A lyric
+    that breaks a filter is that lyric's failure; past the stage's threshold the failed lyrics stay
+    pending for the next run and the stage raises ``StageFailed``."""
     from curation.lyrics.filters import FilterConfig, filter_pending
 
-    counts = filter_pending(settings.db_url, config or FilterConfig())
+    max_rate = settings.failure_threshold("filter_lyrics")
+    counts = filter_pending(settings.db_url, config or FilterConfig(), stage_fails=gives_up(max_rate))
     log.info("lyric verdicts: %d judged, %d approved, %d rejected (%s), %d sent to review (%s)",
              counts["judged"], counts["approved"], counts["rejected"],
              ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in counts.items() if k.startswith("rejected:")) or "none",
              counts["review"],
              ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in counts.items() if k.startswith("review:")) or "none")
-    return counts
+    return check_failures("filter_lyrics", counts, max_rate, service="lyric filters", unit="lyrics")
 
 
 def enqueue_review(settings: Settings) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,13 +39,25 @@ def write_snapshot(path: Path, triplets: list[dict], songs: list[dict]) -> Path:
 N_SONGS = 40
 
 
-def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_songs: int = N_SONGS, test_a_every: int = 4):
-    """Each song has a topic ImageNet class; its lyric holds the class name's words among fillers;
-    its 5 images' tag vectors peak at that class. Split B: 4 train + 1 test image per song; split A:
-    10 songs held out."""
+class SyntheticTask(NamedTuple):
+    snapshot: Path
+    tags: Path
+    classes: list[int]  # song s's topic ImageNet class: classes[s]
+    names: list[str]    # the ImageNet class names (the tag vocabulary)
+
+
+def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_songs: int = N_SONGS,
+                   test_a_every: int = 4, class_stride: int = 23, max_class_words: int = 2) -> SyntheticTask:
+    """Each song has a topic ImageNet class (every ``class_stride``-th class whose name has at most
+    ``max_class_words`` words); its lyric holds the class name's words among fillers; its 5 images' tag
+    vectors peak at that class. Split B: 4 train + 1 test image per song; split A: every
+    ``test_a_every``-th song held out."""
     rng = np.random.default_rng(seed)
     names = list(imagenet_class_names())
-    classes = [c for c in range(0, NUM_TAGS, 23) if len(tag_name_words(names[c])) <= 2][:n_songs]
+    classes = [c for c in range(0, NUM_TAGS, class_stride) if len(tag_name_words(names[c])) <= max_class_words][:n_songs]
+    if len(classes) < n_songs:
+        raise ValueError(f"only {len(classes)} classes fit (stride {class_stride}, at most {max_class_words} words), "
+                         f"not {n_songs}")
     songs, rows, shas, probs = [], [], [], []
     test_a = set(range(0, n_songs, test_a_every))
     for s, c in enumerate(classes):
@@ -58,7 +71,8 @@ def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_
             sha = hashlib.sha256(f"{s}-{j}".encode()).hexdigest()
             shas.append(sha)
             probs.append(p / p.sum())
-            rows.append(dict(post_id=f"{s}-{j}", image_sha256=sha, image_path=f"x/{sha}", song_id=f"s{s:02d}",
+            rows.append(dict(post_id=f"p{s}-{j}", image_sha256=sha, image_path=f"{sha[:2]}/{sha}.jpg", song_id=f"s{s:02d}",
+                             title=f"Song {s}", artist=f"Artist {s}",
                              split_a="test" if s in test_a else "train", split_b="test" if j == 0 else "train"))
     if shuffle_train:  # break the image-lyric link in the training part of split B
         train_rows = [r for r in rows if r["split_b"] == "train"]
@@ -68,6 +82,4 @@ def synthetic_task(root: Path, *, shuffle_train: bool = False, seed: int = 0, n_
             r["song_id"] = sid
     snap = write_snapshot(root / ("shuffled" if shuffle_train else "snap"), rows, songs)
     tags = write_view(snap.parent / f"{snap.name}-tags.parquet", shas, np.array(probs, dtype=np.float32), names)
-    return snap, tags
-
-
+    return SyntheticTask(snap, tags, classes, names)

@@ -29,7 +29,8 @@ def glove():
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("task")
-    return root, *synthetic_task(root)
+    task = synthetic_task(root)
+    return root, task.snapshot, task.tags
 
 
 @pytest.fixture(scope="module")

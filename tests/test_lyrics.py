@@ -299,7 +299,7 @@ def test_filter_pending_routes_and_counts_on_both_databases(db_url):
     # The earlier verdicts on that text (song 1 approved, song 6 rejected) are judged again with it, unchanged.
     assert filter_pending(db_url) == {"judged": 1, "approved": 0, "rejected": 1, "review": 0,
                                       "rejected:duplicate": 1, "rejudged": 2, "rejudged_changed": 0,
-                                      "attempted": 1, "failed": 0, "failures": []}
+                                      "attempted": 3, "failed": 0, "failures": []}
 
 
 def test_fetch_and_filter_stages_against_the_demo_world(tmp_path, caplog):
@@ -622,23 +622,63 @@ def test_an_outage_mid_run_changes_no_verdict_and_the_end_equals_a_clean_run(htt
     assert len(approved) == len(set(approved)), "a text approved on more than one song"
 
 
-def test_a_filter_that_breaks_on_one_lyric_sends_it_to_review_and_goes_on(db_url, monkeypatch):
+def _lyrics_with_a_choking_detector(db_url, monkeypatch, lyrics: list[tuple[str, str]]) -> None:
+    """Songs 1, 2, … with these (title, lyric), and a language detector that raises on every text holding
+    the word "poison" (a filter that breaks on some lyrics); ``monkeypatch.undo()`` mends it."""
     import curation.lyrics.filters as filters
 
-    _songs(db_url, ["Good One", "Bad One", "Fine One"])
-    for song_id, text in ((1, ENGLISH), (2, ENGLISH.replace("river", "poison")), (3, ENGLISH.replace("river", "sea"))):
+    _songs(db_url, [title for title, _ in lyrics])
+    for song_id, (_, text) in enumerate(lyrics, start=1):
         store_lyric(db_url, song_id, "lrclib", _hit(song_id, text))
     real = filters.detect_language
 
-    def fragile(text, backend="langdetect"):
+    def choking(text, backend="langdetect"):
         if "poison" in text:
             raise UnicodeError("the detector choked")
         return real(text, backend)
 
-    monkeypatch.setattr(filters, "detect_language", fragile)
-    counts = filter_pending(db_url)
+    monkeypatch.setattr(filters, "detect_language", choking)
+
+
+def test_a_filter_that_breaks_on_one_lyric_sends_it_to_review_and_goes_on(db_url, tmp_path, monkeypatch):
+    from image2song import stages
+
+    _lyrics_with_a_choking_detector(db_url, monkeypatch, [
+        ("Good One", ENGLISH), ("Bad One", ENGLISH.replace("river", "poison")), ("Fine One", ENGLISH.replace("river", "sea"))])
+    counts = stages.filter_lyrics(_stage_settings(tmp_path, db_url, "http://127.0.0.1:9"))  # under its threshold
     assert counts["attempted"] == 3 and counts["failed"] == 1 and counts["approved"] == 2
-    assert counts["failures"] == [("song 2 'Bad One'", "filter error: UnicodeError: the detector choked")]
+    assert counts["failures"] == [("song 2 'Bad One'", "UnicodeError: the detector choked")]
     with session_scope(db_url) as session:
         bad = session.scalar(select(LyricCandidate).where(LyricCandidate.song_id == 2))
         assert bad.verdict == "review" and bad.reason.startswith("filter error: UnicodeError")
+        assert bad.error == "UnicodeError: the detector choked"
+
+
+def test_filters_that_break_past_the_threshold_fail_the_stage_and_the_lyrics_wait_for_a_fixed_run(
+        db_url, tmp_path, monkeypatch):
+    from curation.review.queue import enqueue_reviews
+    from image2song import stages
+
+    words = ["sea", "lake", "brook", "creek", "pond", "bay", "stream", "marsh"]
+    # Six of the eight texts carry the word the broken detector chokes on.
+    _lyrics_with_a_choking_detector(db_url, monkeypatch, [
+        (f"Song {word}", ENGLISH.replace("river", f"poison {word}" if i < 6 else word)) for i, word in enumerate(words)])
+    settings = _stage_settings(tmp_path, db_url, "http://127.0.0.1:9")
+    with pytest.raises(stages.StageFailed) as failed:
+        stages.filter_lyrics(settings)
+    message = str(failed.value)
+    assert message.startswith("filter_lyrics: lyric filters: UnicodeError: 6 of 8 lyrics failed (75.0%, threshold 5%)")
+    assert "first: song 1 'Song sea': UnicodeError: the detector choked" in message
+    with session_scope(db_url) as session:
+        rows = {c.song_id: (c.verdict, c.error) for c in session.scalars(select(LyricCandidate))}
+    # What the filters judged is kept; the failed lyrics wait, their error recorded, and no curator gets
+    # them: a broken filter does not flood the review queue.
+    assert rows[7] == rows[8] == ("approved", None)
+    assert all(rows[i] == ("pending", "UnicodeError: the detector choked") for i in range(1, 7))
+    assert enqueue_reviews(db_url)["enqueued"] == 0
+
+    monkeypatch.undo()  # the filter is fixed: the next run judges the rest
+    again = stages.filter_lyrics(settings)
+    assert again["attempted"] == 6 and again["failed"] == 0 and again["approved"] == 6
+    with session_scope(db_url) as session:
+        assert {(c.verdict, c.error) for c in session.scalars(select(LyricCandidate))} == {("approved", None)}

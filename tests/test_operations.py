@@ -188,8 +188,10 @@ def test_a_few_failures_under_the_threshold_pass_with_a_warning(caplog):
 
 
 def test_failure_thresholds_setting():
-    assert parse_thresholds("") == {"crawl_posts": 0.05, "fetch_images": 0.10, "fetch_lyrics": 0.05}
+    assert parse_thresholds("") == {"crawl_posts": 0.05, "fetch_images": 0.10, "fetch_lyrics": 0.05,
+                                    "filter_lyrics": 0.05}
     assert parse_thresholds("fetch_lyrics=0.2")["fetch_lyrics"] == 0.2
+    assert parse_thresholds("filter_lyrics=0.5")["filter_lyrics"] == 0.5
     with pytest.raises(ValueError, match="unknown stage 'fetch_lyric'"):
         Settings.from_env({"IMAGE2SONG_FAILURE_THRESHOLDS": "fetch_lyric=0.2"})
     with pytest.raises(ValueError, match="from 0 to 1"):

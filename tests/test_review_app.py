@@ -66,11 +66,21 @@ def client() -> requests.Session:
     return session
 
 
+def attempt_login(base: str, name: str, password: str = PASSWORD, *, forwarded: str | None = None,
+                  session: requests.Session | None = None) -> requests.Response:
+    """One login through the form (its CSRF token first), from ``session`` or a fresh client, with
+    ``X-Forwarded-For: forwarded`` when given; the app's answer, whatever it is."""
+    session = session or client()
+    token = csrf_of(session.get(f"{base}/login").text)
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    return session.post(f"{base}/login", data={"name": name, "password": password, "csrf": token},
+                        headers=headers, allow_redirects=False)
+
+
 def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
+    """A client logged in as ``name``, carrying its session's CSRF token."""
     session = client()
-    page = session.get(f"{base}/login")
-    response = session.post(f"{base}/login", data={"name": name, "password": password, "csrf": csrf_of(page.text)},
-                            allow_redirects=False)
+    response = attempt_login(base, name, password, session=session)
     assert response.status_code == 303, response.text
     session.headers["X-CSRF-Token"] = csrf_of(session.get(f"{base}/").text)
     return session
@@ -78,6 +88,8 @@ def login(base: str, name: str, password: str = PASSWORD) -> requests.Session:
 
 @pytest.fixture
 def app_env(db_url, tmp_path):
+    """The review team on each database (curators ann and bob, admin boss, all with ``PASSWORD``) and an
+    object store folder: (db_url, store). The other review test modules import it."""
     store = str(tmp_path / "objects")
     add_curator(db_url, "ann", PASSWORD)
     add_curator(db_url, "bob", PASSWORD)
@@ -294,3 +306,51 @@ def test_twenty_curators_at_once_lose_nothing_and_share_nothing(db_url, tmp_path
                                             .where(ReviewAssignment.state == "submitted")))
         assert set(submitted.values()) == {1}
     assert sum(row["decisions"] for row in rq.throughput(db_url)) == len(items)
+
+
+def test_review_commands_start_on_a_fresh_state_folder(tmp_path, monkeypatch):
+    """`image2song review serve` (and `add-curator`, the step before it) in a state folder that does not
+    exist yet: each creates the catalog there, as `db upgrade` does; a folder that cannot be made is one
+    clear line."""
+    import io
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from curation.review.users import list_curators
+    from image2song import cli
+    from image2song.settings import Settings
+    from tests.test_end_to_end import free_port
+
+    monkeypatch.setenv("IMAGE2SONG_HOME", str(tmp_path / "first" / "state"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert cli.main(["review", "add-curator", "ann", "--password-stdin"]) == 0
+    assert [c["name"] for c in list_curators(Settings.from_env().db_url)] == ["ann"]
+
+    root = Path(__file__).resolve().parent.parent
+    home = tmp_path / "fresh" / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGE2SONG_")}
+    env["IMAGE2SONG_HOME"] = str(home)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "image2song", "review", "serve", "--port", str(port)],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, answered = time.monotonic() + 120, None
+        while answered is None and server.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                answered = requests.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert answered == 200, output[-2000:]
+    assert (home / "catalog.sqlite").is_file()
+
+    (tmp_path / "a-file").write_text("not a folder")
+    env = {**env, "IMAGE2SONG_HOME": str(tmp_path / "a-file" / "state")}
+    result = subprocess.run([sys.executable, "-m", "image2song", "db", "upgrade"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"image2song: cannot create the catalog's folder {tmp_path / 'a-file' / 'state'}: Not a directory"]

@@ -296,6 +296,53 @@ def test_comments_reach_the_audit_log_and_the_export(db_url):
         rq.submit(db_url, "x", "edit", "la " * rq.MAX_TEXT, curator="ann")
 
 
+def test_the_text_hash_follows_every_change_of_the_lyric(db_url):
+    """An edit, its undo, a revised decision and a reopened item each change the lyric's text; the text
+    hash the duplicate filter looks up must follow, or a copy of the corrected lyric passes unseen."""
+    from curation.crawl_store import store_lyric
+    from curation.lyrics.filters import filter_pending
+    from curation.lyrics.text import text_hash
+
+    from crawlers.lyrics import LyricHit
+
+    items = make_items(db_url, 3)
+    with session_scope(db_url) as session:  # as the lyric stage leaves them
+        for candidate in session.scalars(select(LyricCandidate)):
+            candidate.text_hash = text_hash(candidate.text)
+
+    def hash_of(item):
+        with session_scope(db_url) as session:
+            candidate = session.get(LyricCandidate, session.get(ReviewItem, item).candidate_id)
+            assert candidate.text_hash == text_hash(candidate.text)
+            return candidate.text_hash
+
+    original = hash_of(items[0])
+    corrected = ("I walked along the harbour in the evening light, the water singing softly to the sky, "
+                 "and every gull was calling out your name across the golden fields of home tonight.")
+    lease = rq.claim(db_url, "ann", item_id=items[0])
+    rq.submit(db_url, lease["token"], "edit", corrected, curator="ann")
+    assert hash_of(items[0]) == text_hash(corrected) != original
+    again = rq.undo_last(db_url, "ann")
+    assert hash_of(items[0]) == original
+    rq.submit(db_url, again["token"], "edit", corrected, curator="ann")
+    rq.revise(db_url, "ann", items[0], "accept")
+    assert hash_of(items[0]) == original
+    rq.decide(db_url, items[1], "edit", "boss", "corrected words")
+    assert hash_of(items[1]) == text_hash("corrected words")
+    rq.reopen(db_url, items[1], "boss")
+    assert hash_of(items[1]) != text_hash("corrected words")
+
+    # The curator's corrected lyric owns its text: the same text arriving for another song is a duplicate.
+    rq.decide(db_url, items[2], "edit", "boss", corrected)
+    with session_scope(db_url) as session:
+        session.add(Song(norm_key="copy|x", title="Copy", artist="X"))
+        session.flush()
+        copy = session.scalar(select(Song.id).where(Song.norm_key == "copy|x"))
+    store_lyric(db_url, copy, "lrclib", LyricHit("lrclib", "9", "Copy", "X", 200.0, False, corrected, None, 1.0,
+                                                 "exact lookup: test"))
+    assert filter_pending(db_url)["review:duplicate"] == 1
+
+
 def test_recent_decisions_stay_editable_until_a_snapshot_includes_them(db_url):
     items = make_items(db_url, 2, lyric=lambda i: f"original words {i}")
     first = rq.claim(db_url, "ann")

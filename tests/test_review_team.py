@@ -8,34 +8,17 @@ from __future__ import annotations
 import re
 import threading
 
-import pytest
 import requests
 
 from curation.review import queue as rq
 from curation.review.app import MAX_ID, ReviewConfig, audit_changes, create_app
 from curation.review.security import ThrottleConfig, client_address, parse_networks
 from curation.review.users import add_curator
-from test_review_app import PASSWORD, client, csrf_of, login, run_curators, running_app
+from test_review_app import PASSWORD, attempt_login, client, csrf_of, login, run_curators, running_app
+from test_review_app import app_env  # noqa: F401 - the review team fixture, used by name
 from test_review_queue import make_items
 
 HUGE = "99999999999999999999"
-
-
-@pytest.fixture
-def team(db_url, tmp_path):
-    store = str(tmp_path / "objects")
-    add_curator(db_url, "ann", PASSWORD)
-    add_curator(db_url, "bob", PASSWORD)
-    add_curator(db_url, "boss", PASSWORD, role="admin")
-    return db_url, store
-
-
-def attempt(base: str, name: str, password: str, forwarded: str | None = None) -> requests.Response:
-    session = client()
-    token = csrf_of(session.get(f"{base}/login").text)
-    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
-    return session.post(f"{base}/login", data={"name": name, "password": password, "csrf": token},
-                        headers=headers, allow_redirects=False)
 
 
 def works(session: requests.Session, base: str) -> bool:
@@ -44,8 +27,8 @@ def works(session: requests.Session, base: str) -> bool:
 
 # --- sessions ---------------------------------------------------------------------------------
 
-def test_logout_ends_the_session_even_for_a_copied_cookie(team):
-    db_url, store = team
+def test_logout_ends_the_session_even_for_a_copied_cookie(app_env):
+    db_url, store = app_env
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         ann = login(base, "ann")
         stolen = client()
@@ -57,8 +40,8 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(team):
         assert stolen.get(f"{base}/", allow_redirects=False).headers["location"] == "/login"
 
 
-def test_password_change_and_reset_end_every_session_of_that_curator(team):
-    db_url, store = team
+def test_password_change_and_reset_end_every_session_of_that_curator(app_env):
+    db_url, store = app_env
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         laptop, phone, bob = login(base, "ann"), login(base, "ann"), login(base, "bob")
         assert "open sessions: <strong id=\"session-count\">2</strong>" in laptop.get(f"{base}/account").text
@@ -78,8 +61,8 @@ def test_password_change_and_reset_end_every_session_of_that_curator(team):
         assert not works(again, base)
 
 
-def test_log_out_everywhere_and_disabling_give_claims_back(team):
-    db_url, store = team
+def test_log_out_everywhere_and_disabling_give_claims_back(app_env):
+    db_url, store = app_env
     make_items(db_url, 4, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         laptop, phone = login(base, "ann"), login(base, "ann")
@@ -98,8 +81,8 @@ def test_log_out_everywhere_and_disabling_give_claims_back(team):
         assert not works(ann, base) and rq.my_leases(db_url, "ann") == []
 
 
-def test_a_reopened_page_gets_its_live_claims_back(team):
-    db_url, store = team
+def test_a_reopened_page_gets_its_live_claims_back(app_env):
+    db_url, store = app_env
     make_items(db_url, 5, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         ann = login(base, "ann")
@@ -123,7 +106,7 @@ def test_an_office_of_twenty_keeps_working_while_one_mistypes_twenty_times(db_ur
     with running_app(ReviewConfig(db_url=db_url, throttle=ThrottleConfig(base_delay=60))) as base:
         def mistype():
             for _ in range(20):
-                answers.append(attempt(base, names[0], "wrong password").status_code)
+                answers.append(attempt_login(base, names[0], "wrong password").status_code)
 
         typo = threading.Thread(target=mistype)
         typo.start()
@@ -131,39 +114,39 @@ def test_an_office_of_twenty_keeps_working_while_one_mistypes_twenty_times(db_ur
         typo.join()
         assert errors == [] and sorted(recorded) == items  # the other nineteen did all the work
         assert answers[:3] == [401, 401, 401] and set(answers[3:]) == {429}  # growing delays, not guesses
-        refused = attempt(base, names[0], PASSWORD)
+        refused = attempt_login(base, names[0], PASSWORD)
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         assert "try again in" in refused.text
 
 
-def test_guesses_at_one_account_from_many_addresses_are_refused(team):
-    db_url, store = team
+def test_guesses_at_one_account_from_many_addresses_are_refused(app_env):
+    db_url, store = app_env
     config = ReviewConfig(db_url=db_url, object_store=store, trusted_proxies="127.0.0.1",
                           throttle=ThrottleConfig(base_delay=60))
     with running_app(config) as base:
-        codes = [attempt(base, "ann", f"guess {i}", forwarded=f"203.0.113.{i % 10}").status_code for i in range(50)]
+        codes = [attempt_login(base, "ann", f"guess {i}", forwarded=f"203.0.113.{i % 10}").status_code for i in range(50)]
         assert codes.count(401) == 3 and codes.count(429) == 47  # only 3 guesses were ever checked
-        assert attempt(base, "bob", PASSWORD, forwarded="203.0.113.1").status_code == 303
+        assert attempt_login(base, "bob", PASSWORD, forwarded="203.0.113.1").status_code == 303
 
 
-def test_a_flooding_address_is_refused_and_others_are_not(team):
-    db_url, store = team
+def test_a_flooding_address_is_refused_and_others_are_not(app_env):
+    db_url, store = app_env
     throttle = ThrottleConfig(address_failures=8)
     with running_app(ReviewConfig(db_url=db_url, object_store=store, throttle=throttle,
                                   trusted_proxies="127.0.0.1/32")) as base:
-        codes = [attempt(base, f"nobody{i}", "x" * 9, forwarded="198.51.100.7").status_code for i in range(10)]
+        codes = [attempt_login(base, f"nobody{i}", "x" * 9, forwarded="198.51.100.7").status_code for i in range(10)]
         assert codes[:8] == [401] * 8 and codes[8:] == [429, 429]
-        assert attempt(base, "ann", PASSWORD, forwarded="198.51.100.7").status_code == 429
-        assert attempt(base, "ann", PASSWORD, forwarded="198.51.100.8").status_code == 303
+        assert attempt_login(base, "ann", PASSWORD, forwarded="198.51.100.7").status_code == 429
+        assert attempt_login(base, "ann", PASSWORD, forwarded="198.51.100.8").status_code == 303
 
 
-def test_forwarded_addresses_are_ignored_unless_the_proxy_is_trusted(team):
-    db_url, store = team
+def test_forwarded_addresses_are_ignored_unless_the_proxy_is_trusted(app_env):
+    db_url, store = app_env
     throttle = ThrottleConfig(address_failures=3)
     with running_app(ReviewConfig(db_url=db_url, object_store=store, throttle=throttle)) as base:
         for i in range(3):  # a client cannot dodge the limit by writing the header itself
-            attempt(base, f"nobody{i}", "x" * 9, forwarded=f"192.0.2.{i}")
-        assert attempt(base, "ann", PASSWORD, forwarded="192.0.2.200").status_code == 429
+            attempt_login(base, f"nobody{i}", "x" * 9, forwarded=f"192.0.2.{i}")
+        assert attempt_login(base, "ann", PASSWORD, forwarded="192.0.2.200").status_code == 429
 
 
 def test_client_address_reads_forwarded_for_from_the_right():
@@ -246,8 +229,8 @@ def test_every_route_is_in_the_table_of_hostile_inputs():
     assert every - covered - without_input == set(), "routes without hostile inputs in the table"
 
 
-def test_hostile_inputs_get_a_clear_4xx_never_a_500(team):
-    db_url, store = team
+def test_hostile_inputs_get_a_clear_4xx_never_a_500(app_env):
+    db_url, store = app_env
     [item] = make_items(db_url, 1, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         boss = login(base, "boss")
@@ -278,8 +261,8 @@ def test_hostile_inputs_get_a_clear_4xx_never_a_500(team):
         assert rq.find_items(db_url, str(item))[0]["state"] == "pending"
 
 
-def test_the_admin_overlap_that_once_grew_the_server_is_refused_at_once(team):
-    db_url, store = team
+def test_the_admin_overlap_that_once_grew_the_server_is_refused_at_once(app_env):
+    db_url, store = app_env
     make_items(db_url, 2, object_store=store)
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         boss = login(base, "boss")
@@ -291,8 +274,8 @@ def test_the_admin_overlap_that_once_grew_the_server_is_refused_at_once(team):
 
 # --- admin: find, reopen, before/after ----------------------------------------------------------
 
-def test_admin_finds_reopens_and_reads_a_before_after_audit(team):
-    db_url, store = team
+def test_admin_finds_reopens_and_reads_a_before_after_audit(app_env):
+    db_url, store = app_env
     items = make_items(db_url, 3, object_store=store, lyric=lambda i: f"first words {i}")
     with running_app(ReviewConfig(db_url=db_url, object_store=store)) as base:
         ann, boss = login(base, "ann"), login(base, "boss")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from modeling.search import VectorIndex, exact_top_k, normalize, recall_at_k
+from synthetic_task import synthetic_task
 
 faiss = pytest.importorskip("faiss")
 
@@ -91,41 +90,6 @@ def test_index_saves_and_loads(tmp_path):
 N_SONGS = 30
 
 
-def _task(root: Path):
-    """Each song's lyric names an ImageNet class among filler words; its 5 images' tags peak at it."""
-    from modeling.lyric_encoder import tag_name_words
-    from modeling.tags import write_view
-    from modeling.tags.vocabularies import imagenet_class_names
-
-    rng = np.random.default_rng(0)
-    names = list(imagenet_class_names())
-    NUM_TAGS = len(names)
-    filler = "love night heart baby dance time dream fire rain sky road summer home light river song".split()
-    classes = [c for c in range(0, NUM_TAGS, 17) if len(tag_name_words(names[c])) == 1][:N_SONGS]
-    assert len(classes) == N_SONGS
-    songs, rows, shas, probs = [], [], [], []
-    for s, c in enumerate(classes):
-        text = f"{' '.join(rng.choice(filler, 5))} {names[c].lower()} {' '.join(rng.choice(filler, 5))}"
-        songs.append(dict(song_id=f"s{s:02d}", title=f"Song {s}", artist=f"Artist {s % 7}", lyric=text, modeling_text=text))
-        for j in range(5):
-            logits = rng.normal(size=NUM_TAGS)
-            logits[c] += 7.0
-            p = np.exp(logits - logits.max())
-            sha = hashlib.sha256(f"{s}-{j}".encode()).hexdigest()
-            shas.append(sha)
-            probs.append(p / p.sum())
-            rows.append(dict(post_id=f"p{s}-{j}", image_sha256=sha, image_path=f"{sha[:2]}/{sha}.jpg", song_id=f"s{s:02d}",
-                             title=f"Song {s}", artist=f"Artist {s % 7}", mood=None, favorite_count=1,
-                             split_a="train", split_b="test" if j == 0 else "train"))
-    snap = root / "2026-01-01T000000Z"
-    snap.mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(snap / "triplets.parquet")
-    pd.DataFrame(songs).to_parquet(snap / "songs.parquet")
-    (snap / "manifest.json").write_text(json.dumps({"version": snap.name, "seed": 0}))
-    tags = write_view(root / "tags.parquet", shas, np.array(probs, dtype=np.float32), names)
-    return snap, tags, classes, names
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     pytest.importorskip("torch")
@@ -133,7 +97,8 @@ def trained(tmp_path_factory):
     from modeling.word_vectors import load_word_vectors
 
     root = tmp_path_factory.mktemp("search")
-    snap, tags, classes, names = _task(root)
+    # One word per topic class, so that each class's name is one word of its song's lyric.
+    snap, tags, classes, names = synthetic_task(root, n_songs=N_SONGS, class_stride=17, max_class_words=1)
     train_models(snap, tags, root / "model", split="b", models=("paper",), attention=False, epochs=25, hidden=32,
                  mlp_hidden=128, seed=0, word_vectors=load_word_vectors(), device="cpu")
     return root, snap, tags, classes, names

@@ -13,14 +13,30 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+def _sqlite_file(db_url: str) -> Path | None:
+    """The file of a SQLite catalog; None when it lives in memory."""
+    path = db_url.split("///", 1)[-1]
+    return None if "///" not in db_url or path in ("", ":memory:") else Path(path)
+
+
+def _make_catalog_folder(db_url: str) -> None:
+    """Create the folder of a SQLite catalog file (a fresh state folder); one that cannot be made is a
+    ValueError that names it."""
+    file = _sqlite_file(db_url) if db_url.startswith("sqlite") else None
+    if file is None:
+        return
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the catalog's folder {file.parent}: {error.strerror or error}") from error
+
+
 @lru_cache(maxsize=8)
 def engine_for(db_url: str) -> Engine:
     """One engine per URL and process. SQLite gets WAL, a busy timeout and foreign keys."""
     if db_url.startswith("sqlite"):
-        path = db_url.split("///", 1)[-1]
-        in_memory = "///" not in db_url or path in ("", ":memory:")
-        if not in_memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        in_memory = _sqlite_file(db_url) is None
+        _make_catalog_folder(db_url)
         # As many connections as the review app has worker threads (40), so twenty curators' requests
         # never queue for a connection (SQLite connections are cheap; writers still take turns).
         pool = {} if in_memory else {"pool_size": 20, "max_overflow": 20}
@@ -73,6 +89,7 @@ def upgrade(db_url: str, revision: str = "head") -> str:
     """Create or upgrade the catalog to ``revision``; returns the revision it is at."""
     from alembic import command
 
+    _make_catalog_folder(db_url)  # the migrations connect on their own, not through engine_for
     command.upgrade(_alembic_config(db_url), revision)
     return current_revision(db_url)
 

@@ -17,7 +17,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from curation.lyrics.text import clean_lyric, modeling_tokens, text_hash, title_in_text
 
@@ -324,8 +324,14 @@ def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[str, int]:
+def filter_pending(db_url: str, config: FilterConfig = FilterConfig(),
+                   stage_fails: Callable[[int, int], bool] | None = None) -> dict:
     """Judge every lyric candidate still pending; returns counts by verdict and by reason kind.
+
+    A lyric that breaks a filter is that lyric's failure (``attempted``, ``failed``, ``failures``), its
+    error kept in ``lyric_candidates.error``. When ``stage_fails(failed, attempted)`` says the stage fails
+    (the filters themselves are broken), the failed lyrics stay pending for the next run instead of
+    going to curators; otherwise they go to review ("filter error: …").
 
     Earlier verdicts of the filters on the same texts (same ``text_hash``, no curator involved yet) are
     judged again together with the new candidates, so the order in which songs arrived (a provider
@@ -369,18 +375,25 @@ def filter_pending(db_url: str, config: FilterConfig = FilterConfig()) -> dict[s
         lyrics = [Lyric(c.song_id, song_title, c.text, c.instrumental, c.match_score,
                         (c.scores or {}).get("match_review", "")) for c, song_title in batch]
         verdicts = judge_many(lyrics, config, known)
+        failures = [(f"song {c.song_id} {title!r}", v.scores["filter_error"])
+                    for (c, title), v in zip(batch, verdicts) if v.kind == "filter error"]
+        retry_failed = stage_fails is not None and stage_fails(len(failures), len(batch))
         changed = 0
         for index, ((candidate, _), verdict) in enumerate(zip(batch, verdicts)):
+            error = verdict.scores.get("filter_error")
+            scores = {k: v for k, v in (candidate.scores or {}).items() if k != "filter_error"}
+            candidate.error, candidate.scores = error, {**scores, **verdict.scores}
+            if error and retry_failed:
+                candidate.verdict, candidate.reason, candidate.decided_by = "pending", None, None
+                continue
             if index >= len(pending):
                 if verdict.verdict != candidate.verdict:
                     changed += 1
                     log.info("lyric candidate %d: %s -> %s (%s)", candidate.id, candidate.verdict,
                              verdict.verdict, verdict.reason)
             candidate.verdict, candidate.reason, candidate.decided_by = verdict.verdict, verdict.reason, "filters"
-            candidate.scores = {**(candidate.scores or {}), **verdict.scores}
-    counts = count_verdicts(verdicts[:len(pending)])
-    failures = [(f"song {c.song_id} {title!r}", v.reason) for (c, title), v in zip(batch, verdicts)
-                if v.kind == "filter error"]
-    counts.update(rejudged=len(earlier), rejudged_changed=changed, attempted=len(pending), failed=len(failures),
+    stored = [v for v in verdicts[:len(pending)] if not (retry_failed and v.kind == "filter error")]
+    counts = count_verdicts(stored)
+    counts.update(rejudged=len(earlier), rejudged_changed=changed, attempted=len(batch), failed=len(failures),
                   failures=failures[:10])
     return counts

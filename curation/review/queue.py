@@ -34,6 +34,7 @@ from curation.catalog import (
     Image, LyricCandidate, Post, ReviewEvent, ReviewItem, SnapshotRecord, Song, session_scope,
 )
 from curation.catalog.models import ReviewAssignment
+from curation.lyrics.text import text_hash
 from curation.review.transactions import reading as _read, writing as _write
 
 DECISIONS = {
@@ -307,6 +308,12 @@ def _snapshot(item: ReviewItem, candidate: LyricCandidate) -> dict:
             "corrected_text": item.corrected_text, "comment": item.comment}
 
 
+def _set_text(candidate: LyricCandidate, text: str | None) -> None:
+    """Change the lyric's text and what is derived from it: the text hash the duplicate filter looks up
+    (the snapshot derives the modeling text from the text when it is built)."""
+    candidate.text, candidate.text_hash = text, text_hash(text)
+
+
 def _apply(session: Session, item: ReviewItem, decision: str, corrected_text: str | None, actor: str,
            now: datetime) -> None:
     """Make ``decision`` the item's final one and apply it to the lyric candidate."""
@@ -316,7 +323,8 @@ def _apply(session: Session, item: ReviewItem, decision: str, corrected_text: st
     item.lease_owner = item.lease_token = item.lease_expires_at = None
     item.comment = None
     if decision == "edit":
-        item.corrected_text = candidate.text = corrected_text
+        item.corrected_text = corrected_text
+        _set_text(candidate, corrected_text)
     candidate.verdict, candidate.reason, candidate.decided_by = verdict, reason, actor
 
 
@@ -396,7 +404,8 @@ def undo_last(db_url: str, curator: str, *, lease_seconds: int = LEASE_SECONDS, 
         previous = last.before or {}
         if (last.after or {}).get("final") == "decided":
             candidate.verdict, candidate.reason = previous.get("verdict"), previous.get("reason")
-            candidate.decided_by, candidate.text = previous.get("decided_by"), previous.get("text")
+            candidate.decided_by = previous.get("decided_by")
+            _set_text(candidate, previous.get("text"))
             item.decision, item.corrected_text = previous.get("decision"), previous.get("corrected_text")
             item.comment = previous.get("comment")
             item.decided_by = item.decided_at = None
@@ -479,7 +488,7 @@ def revise(db_url: str, curator: str, item_id: int, decision: str, corrected_tex
         slot.decision, slot.corrected_text, slot.comment, slot.submitted_at = decision, corrected_text, comment, now
         if single:
             if before["decision"] == "edit" and decision != "edit":
-                candidate.text = _original_text(session, item.id, candidate.text)
+                _set_text(candidate, _original_text(session, item.id, candidate.text))
             _apply(session, item, decision, corrected_text, curator, now)
             item.comment = comment
         after = {**_snapshot(item, candidate), "slot_decision": decision, "slot_text": corrected_text,
@@ -556,7 +565,7 @@ def reopen(db_url: str, item_id: int, actor: str, comment: str | None = None) ->
         candidate = session.get(LyricCandidate, item.candidate_id)
         before = _snapshot(item, candidate)
         if item.decision == "edit":
-            candidate.text = _original_text(session, item.id, candidate.text)
+            _set_text(candidate, _original_text(session, item.id, candidate.text))
         candidate.verdict, candidate.reason, candidate.decided_by = "review", item.reason or candidate.reason, None
         item.state, item.decision, item.decided_by, item.decided_at = "pending", None, None, None
         item.corrected_text, item.comment = None, (comment or "").strip() or None

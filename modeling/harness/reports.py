@@ -117,12 +117,7 @@ def plot_run(run_dir: str | os.PathLike, evaluations: list[dict]) -> dict:
             ax.plot([1, n], [100.0 / n, 100.0], "k:", lw=1, label="chance (one relevant)")
             ax.set(xscale="log", xlabel="K", ylabel="recall@K (%)", ylim=(0, 100),
                    title=f"{title}, tags {e['vocabulary']}, split {e['split'].upper()}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            name = f"recall-{e['vocabulary'].replace('+', '_')}-{e['split']}-{key}.png"
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
-            made[(e["vocabulary"], e["split"], key)] = f"plots/{name}"
+            made[(e["vocabulary"], e["split"], key)] = _save_plot(fig, ax, out, f"recall-{_plot_stem(e)}-{key}.png")
         per_song = Path(run_dir) / e["vocabulary"] / f"split-{e['split']}" / "per_song.csv"
         if per_song.exists():
             df = pd.read_csv(per_song)
@@ -132,13 +127,24 @@ def plot_run(run_dir: str | os.PathLike, evaluations: list[dict]) -> dict:
                 ax.plot(np.arange(1, len(v) + 1), v, label=LABELS.get(name, name))
             ax.set(xlabel="songs, best first", ylabel="median rank of the song for its test images", yscale="log",
                    title=f"Per song, tags {e['vocabulary']}, split {e['split'].upper()}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            name = f"per-song-{e['vocabulary'].replace('+', '_')}-{e['split']}.png"
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
-            made[(e["vocabulary"], e["split"], "per_song")] = f"plots/{name}"
+            made[(e["vocabulary"], e["split"], "per_song")] = _save_plot(fig, ax, out, f"per-song-{_plot_stem(e)}.png")
     return made
+
+
+def _plot_stem(evaluation: dict) -> str:
+    return f"{evaluation['vocabulary'].replace('+', '_')}-{evaluation['split']}"
+
+
+def _save_plot(fig, ax, out: Path, name: str) -> str:
+    """Write a finished plot (legend, tight layout) as ``out/name`` and close it; returns its path in the run
+    folder, as the report links it."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return f"plots/{name}"
 
 
 def _html(markdown_text: str, title: str) -> str:
