@@ -191,7 +191,7 @@ def cmd_snapshot(args, settings: Settings) -> int:
 def cmd_tags(args, settings: Settings) -> int:
     _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot), vocabulary=args.vocabulary,
                               device=args.device, batch_size=args.batch_size, workers=args.workers,
-                              retry_errors=args.retry_errors))
+                              retry_errors=args.retry_errors, compact=args.compact))
     return 0
 
 
@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
     p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
+    p.add_argument("--compact", action="store_true", default=None,
+                   help="merge the tagger's parts in the store into one afterwards (default: once it has more "
+                        "than 16 parts)")
 
     p = add("train", cmd_train, "train the paper's model, its baselines and the hybrid on a snapshot, evaluate "
             "them (R@K, MedR, 95 % intervals, chance) and write the run's report")

@@ -356,17 +356,19 @@ def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int 
 
 
 def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False) -> dict:
+                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False,
+                 compact: bool | None = None) -> dict:
     """Tag the snapshot's images that the tag store lacks (each image is tagged once per tagger), then
     write the snapshot's views, one per vocabulary: ``tags_paths`` = {"obj", "attr", "obj+attr",
-    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``."""
+    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``. ``compact``: merge the
+    store's parts afterwards (None: once the tagger has more than ``COMPACT_ABOVE_PARTS`` of them)."""
     from modeling.tags import extract_tags as tag
 
     options = {"checkpoint": settings.tag_checkpoint} if settings.tag_backend == "faster-rcnn" else {}
     views = settings.home / "tags" / "views" / Path(snapshot_path).name / settings.tag_backend
     result = tag(snapshot_path, settings.object_store, settings.tag_store or settings.home / "tags", views,
                  backend=settings.tag_backend, backend_options=options, device=device, batch_size=batch_size,
-                 workers=workers, retry_errors=retry_errors)
+                 workers=workers, retry_errors=retry_errors, compact=compact)
     if vocabulary not in result["tags_paths"]:
         raise ValueError(f"the {settings.tag_backend} tagger has no {vocabulary!r} vocabulary; "
                          f"it has {', '.join(result['tags_paths'])}")
