@@ -537,7 +537,7 @@ def test_train_dag_tags_in_the_accelerator_pool_with_validated_params(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["pool"] == "accelerator" and found["vocabularies"] == ["obj+attr"] and found["device"] == "auto"
+    assert found["pool"] == "accelerator" and found["vocabularies"] == ["obj+attr", "obj", "attr"] and found["device"] == "auto"
     assert found["refused"] == {"tag_vocabularies=['colours']": True, "tag_vocabularies=['obj', 'attr']": False,
                                 "device='tpu'": True, "device='cuda:1'": False}
 
