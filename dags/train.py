@@ -1,6 +1,7 @@
 """train: on a new snapshot (or triggered with params): extract tags (in the `accelerator` pool; images
-already in the tag store are not tagged again) → train the paper's model, its baselines and the hybrid per
-tag vocabulary and split → evaluate → report (emits the model Asset with the headline figures).
+already in the tag store are not tagged again) → train per tag vocabulary and split (the paper's model, its
+baselines and the hybrid on the first vocabulary, the paper's model alone on the others) → evaluate →
+report (emits the model Asset with the headline figures).
 
 Wiring only: each task calls one stage of image2song.stages; heavy imports happen inside the stages.
 """
@@ -34,10 +35,14 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
         "model": Param("bilstm+attention", enum=["bilstm+attention", "bilstm"],
                        description="the paper's model with or without its tag attention"),
         "loss": Param("mse", enum=["mse", "cosine", "margin"], description="the paper's model's loss"),
-        "tag_vocabularies": Param(["obj+attr"], type="array", minItems=1, uniqueItems=True,
-                                  items={"enum": ["obj", "attr", "obj+attr", "imagenet"]},
-                                  description="image tags the models see, one experiment each (the paper's Table 2: "
-                                              "obj, attr, obj+attr)"),
+        "tag_vocabularies": Param(list(stages.TRAIN_DEFAULTS["tag_vocabularies"]), type="array", minItems=1,
+                                  uniqueItems=True, items={"enum": ["obj", "attr", "obj+attr", "imagenet"]},
+                                  description="image tags, one experiment each per split; the first gets every model "
+                                              "and baseline, the others the paper's model alone (the paper's Table 2: "
+                                              "obj, attr, obj+attr), unless baselines_on is every"),
+        "baselines_on": Param(stages.TRAIN_DEFAULTS["baselines_on"], enum=list(stages.BASELINES_ON),
+                              description="train the baselines, the permuted-lyrics control and the hybrid on the "
+                                          "first tag vocabulary only (first) or on every one (every)"),
         "word_vectors": Param(None, type=["null", "string"],
                               description="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
                                           "(empty: IMAGE2SONG_WORD_VECTORS)"),

@@ -191,21 +191,21 @@ def cmd_snapshot(args, settings: Settings) -> int:
 def cmd_tags(args, settings: Settings) -> int:
     _show(stages.extract_tags(settings, stages.resolve_snapshot(settings, args.snapshot), vocabulary=args.vocabulary,
                               device=args.device, batch_size=args.batch_size, workers=args.workers,
-                              retry_errors=args.retry_errors))
+                              retry_errors=args.retry_errors, compact=args.compact))
     return 0
 
 
 def _train_args(args) -> dict:
     return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
-            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines}
+            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines, "baselines_on": args.baselines_on}
 
 
 def cmd_train(args, settings: Settings) -> int:
-    """Train and evaluate every chosen model per vocabulary and split, then write the run's report."""
+    """Train and evaluate the models per vocabulary and split, then write the run's report."""
     snapshot = stages.resolve_snapshot(settings, args.snapshot)
-    vocabularies = args.vocabulary or stages.TRAIN_DEFAULTS["tag_vocabularies"]
-    tags = stages.extract_tags(settings, snapshot, vocabulary=vocabularies[0], device=args.device)
     params = _train_args(args)
+    vocabularies = stages.train_params(settings, params)["tag_vocabularies"]
+    tags = stages.extract_tags(settings, snapshot, vocabulary=vocabularies[0], device=args.device)
     evaluations = []
     for vocabulary in vocabularies:
         for split in args.split or ["a", "b"]:
@@ -448,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=int, default=None, help="decode worker processes (default: sized to the cores)")
     p.add_argument("--retry-errors", action="store_true", help="tag again images recorded as undecodable")
+    p.add_argument("--compact", action="store_true", default=None,
+                   help="merge the tagger's parts in the store into one afterwards (default: once it has more "
+                        "than 16 parts)")
 
     p = add("train", cmd_train, "train the paper's model, its baselines and the hybrid on a snapshot, evaluate "
             "them (R@K, MedR, 95 % intervals, chance) and write the run's report")
@@ -455,7 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["a", "b"], action="append",
                    help="the paper's split A (unseen songs) or B (unseen images); repeat for both (default both)")
     p.add_argument("--vocabulary", action="append", choices=["obj", "attr", "obj+attr", "imagenet"],
-                   help="tag vocabulary; repeat for several, one experiment each (default obj+attr)")
+                   help="tag vocabulary; repeat for several, one experiment each per split; the first gets every "
+                        "model and baseline, the others the paper's model alone (default obj+attr, obj, attr: "
+                        "the paper's Table 2)")
+    p.add_argument("--baselines-on", choices=stages.BASELINES_ON,
+                   help="train the baselines, the permuted-lyrics control and the hybrid on the first vocabulary "
+                        "only (default) or on every one")
     p.add_argument("--model", choices=["bilstm+attention", "bilstm"], default="bilstm+attention",
                    help="the paper's model with or without tag attention (default with)")
     p.add_argument("--loss", choices=["mse", "cosine", "margin"], default="mse", help="the paper's model's loss (default mse)")

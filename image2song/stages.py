@@ -360,17 +360,19 @@ def build_snapshot(settings: Settings, *, test_songs: int = 100, min_posts: int 
 
 
 def extract_tags(settings: Settings, snapshot_path: str, *, vocabulary: str = "obj+attr", device: str = "auto",
-                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False) -> dict:
+                 batch_size: int = 64, workers: int | None = None, retry_errors: bool = False,
+                 compact: bool | None = None) -> dict:
     """Tag the snapshot's images that the tag store lacks (each image is tagged once per tagger), then
     write the snapshot's views, one per vocabulary: ``tags_paths`` = {"obj", "attr", "obj+attr",
-    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``."""
+    "imagenet"} (those the backend has); ``tags_path`` is the view of ``vocabulary``. ``compact``: merge the
+    store's parts afterwards (None: once the tagger has more than ``COMPACT_ABOVE_PARTS`` of them)."""
     from modeling.tags import extract_tags as tag
 
     options = {"checkpoint": settings.tag_checkpoint} if settings.tag_backend == "faster-rcnn" else {}
     views = settings.home / "tags" / "views" / Path(snapshot_path).name / settings.tag_backend
     result = tag(snapshot_path, settings.object_store, settings.tag_store or settings.home / "tags", views,
                  backend=settings.tag_backend, backend_options=options, device=device, batch_size=batch_size,
-                 workers=workers, retry_errors=retry_errors)
+                 workers=workers, retry_errors=retry_errors, compact=compact)
     if vocabulary not in result["tags_paths"]:
         raise ValueError(f"the {settings.tag_backend} tagger has no {vocabulary!r} vocabulary; "
                          f"it has {', '.join(result['tags_paths'])}")
@@ -397,8 +399,11 @@ def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str
     return spec
 
 
-TRAIN_DEFAULTS = {"model": "bilstm+attention", "loss": "mse", "tag_vocabularies": ["obj+attr"], "word_vectors": None,
-                  "epochs": 30, "seed": None, "baselines": None}
+# The first tag vocabulary gets every model and baseline; the others the paper's model alone (the paper's
+# Table 2 compares its model across obj / attr / obj+attr), unless baselines_on is "every".
+TRAIN_DEFAULTS = {"model": "bilstm+attention", "loss": "mse", "tag_vocabularies": ["obj+attr", "obj", "attr"],
+                  "baselines_on": "first", "word_vectors": None, "epochs": 30, "seed": None, "baselines": None}
+BASELINES_ON = ("first", "every")
 
 
 def train_params(settings: Settings, params: dict | None = None) -> dict:
@@ -409,7 +414,21 @@ def train_params(settings: Settings, params: dict | None = None) -> dict:
     p["word_vectors"] = p["word_vectors"] or settings.word_vectors
     p["seed"] = settings.seed if p["seed"] is None else int(p["seed"])
     p["baselines"] = list(BASELINES) if p["baselines"] is None else list(p["baselines"])
+    p["tag_vocabularies"] = list(p["tag_vocabularies"])
+    if not p["tag_vocabularies"] or len(set(p["tag_vocabularies"])) != len(p["tag_vocabularies"]):
+        raise ValueError(f"tag_vocabularies must name each vocabulary once, at least one: {p['tag_vocabularies']}")
+    if p["baselines_on"] not in BASELINES_ON:
+        raise ValueError(f"baselines_on must be one of {BASELINES_ON}, not {p['baselines_on']!r}")
     return p
+
+
+def experiment_models(params: dict, vocabulary: str) -> list[str]:
+    """The models trained on ``vocabulary``: all of them (the paper's, the permuted-lyrics control, the
+    baselines, the hybrid with the control) on the first vocabulary or with ``baselines_on="every"``, else
+    the paper's model alone."""
+    if vocabulary != params["tag_vocabularies"][0] and params["baselines_on"] == "first":
+        return ["paper"]
+    return ["paper", "permuted", *params["baselines"], *(["hybrid"] if "control" in params["baselines"] else [])]
 
 
 def run_dir(settings: Settings, snapshot_path: str, params: dict, run_id: str | None = None) -> Path:
@@ -421,19 +440,20 @@ def run_dir(settings: Settings, snapshot_path: str, params: dict, run_id: str | 
 
 def train(settings: Settings, snapshot_path: str, tags_paths: dict, *, split: str, vocabulary: str,
           params: dict | None = None, run_id: str | None = None, device: str = "auto", progress: bool = False) -> dict:
-    """Fit the paper's model, the permuted-lyrics control, the chosen baselines and the hybrid on one split and
-    tag vocabulary; models, seed and configuration go to the run's experiment folder."""
+    """Fit the models of one split and tag vocabulary (:func:`experiment_models`: on the run's first vocabulary
+    the paper's model, the permuted-lyrics control, the chosen baselines and the hybrid; on the others the
+    paper's model); models, seed and configuration go to the run's experiment folder."""
     from modeling.harness.runs import experiment_folder
     from modeling.harness.training import train_models
 
     p = train_params(settings, params)
     if vocabulary not in tags_paths:
         raise ValueError(f"no tags for vocabulary {vocabulary!r}: the tags stage made {sorted(tags_paths)}")
+    if vocabulary not in p["tag_vocabularies"]:
+        raise ValueError(f"vocabulary {vocabulary!r} is not among the run's tag_vocabularies {p['tag_vocabularies']}")
     run = run_dir(settings, snapshot_path, p, run_id)
     out = experiment_folder(run, vocabulary, split)
-    models = ["paper", "permuted", *p["baselines"]]
-    if "control" in p["baselines"]:
-        models.append("hybrid")
+    models = experiment_models(p, vocabulary)
     result = train_models(snapshot_path, tags_paths[vocabulary], out, split=split, vocabulary=vocabulary, models=models,
                           loss=p["loss"], attention=p["model"] == "bilstm+attention", epochs=p["epochs"], seed=p["seed"],
                           word_vectors=word_vectors(settings, snapshot_path, p["word_vectors"]),
@@ -442,11 +462,15 @@ def train(settings: Settings, snapshot_path: str, tags_paths: dict, *, split: st
 
 
 def latest_model(settings: Settings, snapshot_path: str, split: str) -> str:
-    """The folder of the paper's model of the snapshot's latest run for ``split`` (first tag vocabulary by name)."""
+    """The folder of the paper's model of the snapshot's latest run for ``split``, on the run's first tag
+    vocabulary (the one every model was trained on)."""
     from modeling.harness.runs import snapshot_runs
 
     for _, run in reversed(snapshot_runs(settings.runs, Path(snapshot_path).name)):
-        found = sorted(run.glob(f"*/split-{split}/paper.pt"))
+        order = json.loads((run / "run.json").read_text()).get("params", {}).get("tag_vocabularies") or []
+        found = sorted(run.glob(f"*/split-{split}/paper.pt"),
+                       key=lambda p: (order.index(p.parent.parent.name) if p.parent.parent.name in order else len(order),
+                                      p.parent.parent.name))
         if found:
             return str(found[0].parent)
     raise LookupError(f"no trained model for split {split} of {Path(snapshot_path).name}: run `image2song train` first")
@@ -468,7 +492,8 @@ def evaluate(settings: Settings, experiment_dir: str) -> dict:
 def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> dict:
     """The run's report (Markdown + HTML + plots) and the snapshot's report of every run side by side; returns
     the headline figures (the model Asset's extra)."""
-    from modeling.harness.reports import headline, load_evaluations, write_run_report, write_snapshot_report
+    from modeling.harness.reports import (headline, load_evaluations, vocabulary_table, write_run_report,
+                                          write_snapshot_report)
     from modeling.harness.runs import snapshot_runs
 
     if not evaluations:
@@ -480,6 +505,7 @@ def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> d
     out = write_run_report(run, snapshot=snapshot, run_key=run.name, params=meta["params"],
                            earlier=[(k, load_evaluations(p)) for k, p in earlier])
     latest = write_snapshot_report(settings.home / "reports", snapshot, [*earlier, (run.name, run)])
+    # Printed: the models side by side where the baselines ran, then the paper's model on every vocabulary.
     lines = ["| tags | split | model | R@10 [95 % CI] | MedR [95 % CI] | chance R@10 | chance MedR |",
              "|---|---|---|---:|---:|---:|---:|"]
     headlines = {}
@@ -489,14 +515,21 @@ def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> d
             if h is None:
                 continue
             headlines[f"{e['vocabulary']} {e['split']} {model}"] = {k: v for k, v in h.items() if "ci95" not in k}
+            if set(e["models"]) == {"paper"}:
+                continue  # the paper's model alone: in the vocabulary table below
             r10 = "–" if h["R@10"] is None else f"{h['R@10']:.1f} [{h['R@10 ci95'][0]:.1f}, {h['R@10 ci95'][1]:.1f}]"
             lines.append(f"| {e['vocabulary']} | {e['split'].upper()} | {model} | {r10} | {h['MedR']:.1f} "
                          f"[{h['MedR ci95'][0]:.1f}, {h['MedR ci95'][1]:.1f}] | {h['chance R@10'] or 0:.1f} | {h['chance MedR']:.1f} |")
+    if len(lines) == 2:
+        lines = []
+    if len({e["vocabulary"] for e in out["evaluations"]}) > 1:
+        lines += ["", "The paper's model per tag vocabulary (as the paper's Table 2), image → song:", "",
+                  *vocabulary_table(out["evaluations"])]
     return {"report": out["report_md"], "report_html": out["report_html"], "snapshot_report": latest["report"],
             "snapshot": snapshot_path, "run_dir": str(run), "run_key": run.name,
             "splits": {f"{e['vocabulary']} {e['split']}": {"model_dir": str(run / e["vocabulary"] / f"split-{e['split']}")}
                        for e in out["evaluations"]},
-            "headline": headlines, "table": "\n".join(lines)}
+            "headline": headlines, "table": "\n".join(lines).strip("\n")}
 
 
 def resolve_snapshot(settings: Settings, snapshot: str | None = None) -> str:

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from image2song.airflow_env import airflow_environment
 from image2song.settings import PROJECT_ROOT, Settings
 
@@ -83,14 +85,46 @@ def test_train_params_are_validated(tmp_path):
     settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
     confs = {"defaults": {}, "chosen": {"model": "bilstm", "loss": "margin", "tag_vocabularies": ["obj+attr"],
                                         "epochs": 3, "seed": 7, "baselines": ["conse"], "word_vectors": "x.bin"},
+             "baselines everywhere": {"tag_vocabularies": ["attr", "imagenet"], "baselines_on": "every"},
              "bad loss": {"loss": "hinge"}, "bad model": {"model": "transformer"}, "bad vocabulary": {"tag_vocabularies": ["colors"]},
+             "bad repeated vocabulary": {"tag_vocabularies": ["obj", "obj"]}, "bad no vocabulary": {"tag_vocabularies": []},
+             "bad baselines_on": {"baselines_on": "some"},
              "bad baseline": {"baselines": ["bm25"]}, "zero epochs": {"epochs": 0}}
     result = subprocess.run([sys.executable, "-c", PARAMS, json.dumps(confs)], cwd=PROJECT_ROOT,
                             env=airflow_environment(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     verdicts = json.loads(result.stdout.strip().splitlines()[-1])
-    assert verdicts["defaults"] == verdicts["chosen"] == "ok"
+    assert verdicts["defaults"] == verdicts["chosen"] == verdicts["baselines everywhere"] == "ok"
     assert all(v == "ParamValidationError" for k, v in verdicts.items() if k.startswith(("bad", "zero"))), verdicts
+
+
+DEFAULT_PARAMS = r"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+params = DagBag(dag_folder="dags/train.py").dags["train"].params
+print(json.dumps({k: params[k] for k in ("tag_vocabularies", "baselines_on")}))
+"""
+
+
+def test_the_train_dag_reports_the_paper_model_on_the_paper_vocabularies_by_default(tmp_path):
+    from image2song import stages
+
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
+    result = subprocess.run([sys.executable, "-c", DEFAULT_PARAMS], cwd=PROJECT_ROOT, env=airflow_environment(settings),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    defaults = json.loads(result.stdout.strip().splitlines()[-1])
+    assert defaults == {"tag_vocabularies": ["obj+attr", "obj", "attr"], "baselines_on": "first"}
+    # The CLI takes the same defaults; every model on the first vocabulary, the paper's model alone on the others.
+    p = stages.train_params(settings, {})
+    assert {k: p[k] for k in defaults} == defaults
+    assert [stages.experiment_models(p, v) for v in ("obj", "attr")] == [["paper"], ["paper"]]
+    assert stages.experiment_models(p, "obj+attr")[:2] == ["paper", "permuted"] and "hybrid" in stages.experiment_models(p, "obj+attr")
+    every = stages.train_params(settings, {"baselines_on": "every", "baselines": ["conse"]})
+    assert stages.experiment_models(every, "attr") == ["paper", "permuted", "conse"]
+    for bad in ({"tag_vocabularies": ["obj", "obj"]}, {"baselines_on": "some"}, {"tag_vocabularies": []}):
+        with pytest.raises(ValueError):
+            stages.train_params(settings, bad)
 
 
 HEAVY = {"fetch_images": "heavy_cpu", "build_snapshot": "heavy_cpu", "extract_tags": "accelerator",

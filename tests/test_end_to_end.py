@@ -63,7 +63,7 @@ def test_every_stage_in_process(tmp_path):
     results = []
     for split in ("a", "b"):
         model = stages.train(settings, snapshot["path"], tags["tags_paths"], split=split, vocabulary="imagenet",
-                             params={"epochs": 2})
+                             params={"epochs": 2, "tag_vocabularies": ["imagenet"]})
         results.append(stages.evaluate(settings, model["experiment_dir"]))
     report = stages.report(settings, results, snapshot["path"])
     text = open(report["report"]).read()

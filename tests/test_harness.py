@@ -178,7 +178,7 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
 
     _, snap, tags = task
     settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
-    params = {"epochs": 2, "seed": 0}
+    params = {"epochs": 2, "seed": 0, "tag_vocabularies": ["imagenet"]}
     evaluations = []
     for split in ("a", "b"):
         model = stages.train(settings, str(snap), {"imagenet": str(tags)}, split=split, vocabulary="imagenet", params=params)
@@ -216,3 +216,55 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
     assert first["run_key"] in open(second["report"]).read()  # earlier runs beside this one
     with pytest.raises(ValueError, match="no tags for vocabulary 'obj'"):
         stages.train(settings, str(snap), {"imagenet": str(tags)}, split="b", vocabulary="obj", params=params)
+    with pytest.raises(ValueError, match="not among the run's tag_vocabularies"):
+        stages.train(settings, str(snap), {"imagenet": str(tags), "obj": str(tags)}, split="b", vocabulary="obj",
+                     params=params)
+
+
+def test_the_report_has_the_paper_model_on_every_vocabulary(task, tmp_path):
+    """The default run: every model on the first vocabulary, the paper's model alone on obj and attr, and the
+    report's Table-2 section with all three for both splits."""
+    from image2song import stages
+    from image2song.settings import Settings
+    from modeling.tags import load_tags, write_view
+    from modeling.tags.vocabularies import vocabulary_view
+
+    _, snap, tags = task
+    names, probs, shas = load_tags(tags)
+    rng = np.random.default_rng(0)
+    heads = {"imagenet": (names, probs), "attr": ([f"attribute {i}" for i in range(6)], rng.random((len(shas), 6)))}
+    views = {}
+    for vocabulary in ("obj", "attr", "obj+attr"):
+        tag_names, scores = vocabulary_view(vocabulary, heads)
+        views[vocabulary] = write_view(tmp_path / f"{vocabulary}.parquet", shas, scores, tag_names)
+    settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path / "home")})
+    params = {"epochs": 1, "seed": 0, "baselines": ["conse"]}  # the default vocabularies: obj+attr, obj, attr
+    evaluations = []
+    for vocabulary in stages.train_params(settings, params)["tag_vocabularies"]:
+        for split in ("a", "b"):
+            model = stages.train(settings, str(snap), views, split=split, vocabulary=vocabulary, params=params)
+            evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
+    trained = {(e["vocabulary"], e["split"]): sorted(e["models"]) for e in evaluations}
+    assert trained[("obj+attr", "a")] == trained[("obj+attr", "b")] == ["conse", "paper", "permuted"]
+    assert all(trained[(v, s)] == ["paper"] for v in ("obj", "attr") for s in ("a", "b")), trained
+
+    summary = stages.report(settings, evaluations, str(snap))
+    md = open(summary["report"]).read()
+    section = md.split("## The paper's model per tag vocabulary (as the paper's Table 2), image → song")[1]
+    section = section.split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| tags")]
+    assert [tuple(c.strip() for c in row.split("|")[1:3]) for row in rows] == [
+        ("obj", "A"), ("obj", "B"), ("attr", "A"), ("attr", "B"), ("obj+attr", "A"), ("obj+attr", "B")]
+    for row, e in zip(rows, sorted(evaluations, key=lambda e: (("obj", "attr", "obj+attr").index(e["vocabulary"]), e["split"]))):
+        d = e["models"]["paper"]["image_to_song"]
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        # Each figure with its interval, chance beside it.
+        assert cells[5] == f"{d['model']['R@5']:.1f} [{d['ci95']['R@5'][0]:.1f}, {d['ci95']['R@5'][1]:.1f}]"
+        assert cells[7] == f"{d['model']['MedR']:.1f} [{d['ci95']['MedR'][0]:.1f}, {d['ci95']['MedR'][1]:.1f}]"
+        assert cells[-1] == f"{d['chance']['MedR']:.1f}" and cells[3] == str(d["n_candidates"])
+    # The printed table: the models where the baselines ran, then the paper's model on every vocabulary.
+    assert "| obj+attr | B | conse |" in summary["table"] and "| obj | B | paper |" not in summary["table"]
+    assert summary["table"].count("\n| attr | ") == 2 and "as the paper's Table 2" in summary["table"]
+    assert {"obj a paper", "attr b paper", "obj+attr b conse"} <= set(summary["headline"])
+    # Search takes the paper's model of the first vocabulary, the one every model was trained on.
+    assert stages.latest_model(settings, str(snap), "b").endswith("obj+attr/split-b")

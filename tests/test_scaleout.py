@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.skipif(
 
 TINY_POSTS = 300
 TEST_SONGS = 4
-TRAIN_PARAMS = {"splits": ["b"], "epochs": 3, "baselines": ["conse"], "seed": 0}
+TRAIN_PARAMS = {"splits": ["b"], "tag_vocabularies": ["obj+attr"], "epochs": 3, "baselines": ["conse"], "seed": 0}
 REDIS_DB = 11  # this check's own Redis database; queues are named per run, so parallel runs do not mix
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 

@@ -288,6 +288,164 @@ def test_the_store_refuses_parts_of_another_tagger(tmp_path):
     assert a.rows(["s2", "s1"]).column("status").to_pylist() == ["ok", "error"]
 
 
+# ------------------------------------------------------------------ store reads and compaction
+def stored_parts(n_parts: int, per_part: int, tmp_path):
+    """A store of ``n_parts`` appended parts; the last one holds a newer row for an image of the first."""
+    from modeling.tags.store import TagStore
+
+    store = TagStore(tmp_path / "tags", "x-v1", {"obj": ["a", "b"], "attr": ["bright"]}, "m")
+    rng = np.random.default_rng(0)
+    shas = [hashlib.sha256(f"img-{i}".encode()).hexdigest() for i in range(n_parts * per_part)]
+    for k in range(n_parts):
+        chunk = shas[k * per_part:(k + 1) * per_part]
+        errors = [("decode: bad" if (k == 0 and i == 0) else None) for i in range(len(chunk))]
+        store.append(chunk, errors, {"obj": rng.random((len(chunk), 2), dtype=np.float32),
+                                     "attr": rng.random((len(chunk), 1), dtype=np.float32)})
+    store.append([shas[0]], [None], {"obj": np.array([[0.25, 0.75]], np.float32), "attr": np.array([[0.5]], np.float32)})
+    return store, shas
+
+
+def visible_rows(store, shas) -> dict:
+    table = store.rows(shas)
+    return {s: (st, e, o, a) for s, st, e, o, a in zip(*(table.column(c).to_pylist()
+                                                        for c in ("image_sha256", "status", "error", "obj", "attr")))}
+
+
+def test_store_reads_only_the_row_groups_and_columns_asked_for(tmp_path, monkeypatch):
+    import modeling.tags.store as store_module
+
+    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 4)
+    store, shas = stored_parts(2, 16, tmp_path)
+    for part in store.parts():
+        meta = pq.ParquetFile(part).metadata
+        ranges = [(meta.row_group(g).column(0).statistics.min, meta.row_group(g).column(0).statistics.max)
+                  for g in range(meta.num_row_groups)]
+        # Sorted by sha256 in row groups of disjoint ranges: a read of one image matches one row group.
+        assert all(hi < lo for (_, hi), (lo, _) in zip(ranges, ranges[1:])), ranges
+    assert pq.ParquetFile(store.parts()[0]).metadata.num_row_groups == 4
+
+    wanted = [shas[20], shas[0], "0" * 64]  # one of each appended part, and one the store lacks
+    rows = store.rows(wanted, heads=["attr"])
+    assert rows.column_names == ["image_sha256", "status", "error", "attr"]
+    assert rows.column("image_sha256").to_pylist() == wanted[:2]
+    assert rows.column("status").to_pylist() == ["ok", "ok"]  # the newest row of shas[0] wins over its error
+    assert rows.column("attr").to_pylist()[1] == [0.5]
+    assert store.statuses(wanted) == {shas[20]: ("ok", None), shas[0]: ("ok", None)}
+    with pytest.raises(ValueError, match="no heads"):
+        store.rows(wanted, heads=["colour"])
+
+
+def test_compaction_keeps_every_row_once_and_reads_stay_the_same(tmp_path, monkeypatch):
+    import modeling.tags.store as store_module
+
+    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 8)
+    monkeypatch.setattr(store_module, "COMPACT_ROWS_PER_PASS", 10)  # several sha256 ranges, bounded memory
+    store, shas = stored_parts(4, 9, tmp_path)
+    before = visible_rows(store, shas)
+    assert store.compact() == 5
+    (part,) = store.parts()
+    merged = pq.read_table(part)
+    assert merged.num_rows == len(shas) and merged.column("image_sha256").to_pylist() == sorted(shas)
+    assert visible_rows(store, shas) == before and before[shas[0]][:2] == ("ok", None)
+    assert store.compact() == 0  # one part: nothing to do
+
+
+def test_a_reader_survives_a_compaction_that_removes_its_parts(tmp_path):
+    from modeling.tags.store import TagStore
+
+    store, shas = stored_parts(3, 5, tmp_path)
+    before = visible_rows(store, shas)
+    reader = TagStore(tmp_path / "tags", "x-v1", store.heads, "m")
+    real_scan, calls = reader._scan, []
+
+    def scan_then_compact():
+        found = real_scan()
+        if not calls:  # the parts just listed are removed before the reader opens them
+            calls.append(store.compact())
+        return found
+
+    reader._scan = scan_then_compact
+    assert visible_rows(reader, shas) == before and calls == [4]
+
+
+KILL_COMPACTION = r"""
+import os, signal, sys
+import modeling.tags.store as store_module
+from modeling.tags.store import TagStore
+
+point = sys.argv[2]
+store = TagStore(sys.argv[1], "x-v1", {"obj": ["a", "b"], "attr": ["bright"]}, "m")
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+if point == "before the merged part is in place":
+    store_module.os.replace = die
+else:
+    real_rm, removed = store.fs.rm, []
+    def rm(path, *args, **kwargs):
+        if len(removed) == (0 if point == "before removing the old parts" else 2):
+            die()
+        removed.append(path)
+        return real_rm(path, *args, **kwargs)
+    store.fs.rm = rm
+store.compact()
+"""
+
+
+@pytest.mark.parametrize("point", ["before the merged part is in place", "before removing the old parts",
+                                   "while removing the old parts"])
+def test_a_compaction_killed_midway_loses_no_row_and_shows_none_twice(point, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    store, shas = stored_parts(4, 6, tmp_path)
+    before, parts_before = visible_rows(store, shas), store.parts()
+    killed = subprocess.run([sys.executable, "-c", KILL_COMPACTION, str(tmp_path / "tags"), point],
+                            cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    # Readers see the newest row of every image, and no row twice that was not twice before (shas[0] has an
+    # older error row: the merged part holds it once).
+    visible = store.parts()
+    stored = sum(pq.ParquetFile(p).metadata.num_rows for p in visible)
+    assert stored == (len(shas) + 1 if point == "before the merged part is in place" else len(shas))
+    assert visible_rows(store, shas) == before
+    files = sorted(p.name for p in (tmp_path / "tags" / "x-v1").iterdir())
+    if point == "before the merged part is in place":
+        assert visible == parts_before
+        (leftover,) = [tmp_path / "tags" / "x-v1" / f for f in files if ".tmp-" in f]  # never read
+        old = time.time() - 2 * 24 * 3600
+        os.utime(leftover, (old, old))
+    else:
+        assert len(visible) == 1 and visible[0] not in parts_before
+        assert len(files) == (1 + 5 if point == "before removing the old parts" else 1 + 3)
+
+    # The next compaction finishes the work: one part, no leftovers, the same rows.
+    store.compact()
+    assert [p.name for p in (tmp_path / "tags" / "x-v1").iterdir()] == [Path(store.parts()[0]).name]
+    assert visible_rows(store, shas) == before
+
+
+def test_the_stage_compacts_a_store_of_many_parts(tmp_path, monkeypatch):
+    import modeling.tags.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "COMPACT_ABOVE_PARTS", 2)
+    store = tmp_path / "objects"
+    items = [put(store, jpeg_bytes(i)) for i in range(12)]
+    snap = write_snapshot(tmp_path / "snap", items)
+    kwargs = dict(backend="test-mean-colour", batch_size=4, checkpoint_every=4, progress=False)
+    first = extract_tags(snap, store, tmp_path / "tags", tmp_path / "v1", compact=False, **kwargs)
+    parts = sorted((tmp_path / "tags" / first["tagger"]).glob("part-*.parquet"))
+    assert len(parts) == 3 and first["compacted_parts"] == 0
+    second = extract_tags(snap, store, tmp_path / "tags", tmp_path / "v2", **kwargs)  # 3 parts > 2: compacted
+    assert second["attempted"] == 0 and second["compacted_parts"] == 3
+    assert len(list((tmp_path / "tags" / first["tagger"]).glob("part-*.parquet"))) == 1
+    for vocabulary in ("obj", "attr"):
+        a, b = load_tags(first["tags_paths"][vocabulary]), load_tags(second["tags_paths"][vocabulary])
+        assert a[0] == b[0] and a[2] == b[2] == [s for s, _ in items]
+        np.testing.assert_array_equal(a[1], b[1])
+
+
 def test_unknown_backend_and_vocabulary_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown tag backend 'nope'; known: .*efficientnet-lite0"):
         make_backend("nope")
@@ -379,7 +537,7 @@ def test_train_dag_tags_in_the_accelerator_pool_with_validated_params(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
-    assert found["pool"] == "accelerator" and found["vocabularies"] == ["obj+attr"] and found["device"] == "auto"
+    assert found["pool"] == "accelerator" and found["vocabularies"] == ["obj+attr", "obj", "attr"] and found["device"] == "auto"
     assert found["refused"] == {"tag_vocabularies=['colours']": True, "tag_vocabularies=['obj', 'attr']": False,
                                 "device='tpu'": True, "device='cuda:1'": False}
 

@@ -2,8 +2,9 @@
 every run of it side by side.
 
 A run folder (``harness.runs``) holds one experiment per tag vocabulary and split, each with its
-``evaluation.json``. The run report has, per vocabulary, split and direction, every model and baseline
-with R@1/3/5/10/20/50/100 and MedR, each with its bootstrap 95 % interval, and chance as the first row;
+``evaluation.json``. The run report has first the paper's model on every vocabulary and split (the paper's
+Table 2), then per vocabulary, split and direction, every model and baseline trained there with
+R@1/3/5/10/20/50/100 and MedR, each with its bootstrap 95 % interval, and chance as the first row;
 the paper's numbers; the recall@K curves and per-song ranks as PNG; and the headline of every earlier
 run of the same snapshot.
 """
@@ -52,6 +53,28 @@ def headline(evaluation: dict, model: str = "paper") -> dict | None:
     d = r["image_to_song"]
     return {"R@10": d["model"].get("R@10"), "R@10 ci95": d["ci95"].get("R@10"), "MedR": d["model"]["MedR"],
             "MedR ci95": d["ci95"]["MedR"], "chance R@10": d["chance"].get("R@10"), "chance MedR": d["chance"]["MedR"]}
+
+
+VOCABULARY_ORDER = ("obj", "attr", "obj+attr", "imagenet")  # the paper's Table 2 order, then the fine classes
+
+
+def vocabulary_table(evaluations: list[dict]) -> list[str]:
+    """The paper's Table 2: the paper's model on each tag vocabulary and split, image → song, every figure
+    with its 95 % interval, chance beside it. Empty when no experiment has the paper's model."""
+    rows = sorted((e for e in evaluations if "image_to_song" in e["models"].get("paper", {})),
+                  key=lambda e: (VOCABULARY_ORDER.index(e["vocabulary"]) if e["vocabulary"] in VOCABULARY_ORDER
+                                 else len(VOCABULARY_ORDER), e["vocabulary"], e["split"]))
+    if not rows:
+        return []
+    metrics, chance = ("R@1", "R@5", "R@10", "MedR"), ("R@1", "R@10", "MedR")
+    lines = ["| tags | split | queries | candidates | " + " | ".join(metrics) + " | "
+             + " | ".join(f"chance {m}" for m in chance) + " |", "|---|---|---:|---:|" + "---:|" * (len(metrics) + len(chance))]
+    for e in rows:
+        d = e["models"]["paper"]["image_to_song"]
+        lines.append(f"| {e['vocabulary']} | {e['split'].upper()} | {d['n_queries']} | {d['n_candidates']} | "
+                     + " | ".join(_cell(d, m) for m in metrics) + " | "
+                     + " | ".join(f"{d['chance'][m]:.1f}" if m in d["chance"] else "–" for m in chance) + " |")
+    return lines
 
 
 def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> list[str]:
@@ -192,6 +215,9 @@ def write_run_report(run_dir: str | os.PathLike, *, snapshot: str, run_key: str,
              "better); [brackets]: bootstrap 95 % interval over queries. Chance: the exact expectation of a random "
              "ranking. The permuted-lyrics control is the paper's model trained with the lyrics permuted among the "
              "training songs: it must sit at chance.", ""]
+    table2 = vocabulary_table(evaluations)
+    if table2:
+        lines += ["## The paper's model per tag vocabulary (as the paper's Table 2), image → song", "", *table2, ""]
     lines += results_tables(evaluations, plots=plots)
     lines += ["## The paper's numbers (obj+attr tags, image → song)", "", *paper_table(), "",
               "## Runs of this snapshot (image → song)", "", *earlier_runs_table(earlier + [(run_key, evaluations)]), ""]

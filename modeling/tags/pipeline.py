@@ -21,7 +21,7 @@ import numpy as np
 
 from modeling.tags.backends import TagBackend, make_backend, tagger_id
 from modeling.tags.decode import BatchDataset, BytesDataset, decode_on_gpu, decode_pil, read_bytes
-from modeling.tags.store import TagStore, head_arrays, write_view
+from modeling.tags.store import COMPACT_ABOVE_PARTS, TagStore, head_arrays, write_view
 from modeling.tags.vocabularies import VOCABULARIES, available_vocabularies, vocabulary_view
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def extract_tags(
     decode: str = "auto",
     retry_errors: bool = False,
     checkpoint_every: int = 2048,
+    compact: bool | None = None,
     progress: bool | None = None,
 ) -> dict:
     """Tag the snapshot's images that the store lacks, then write its views ``<views_dir>/<vocabulary>.parquet``.
@@ -131,6 +132,8 @@ def extract_tags(
     ``compile``: ``torch.compile`` the network (None: on a CPU when at least ``COMPILE_FROM`` images are to be
     tagged). ``precision``: ``auto`` (bfloat16 on GPUs and AMX CPUs), ``fp32``, ``bf16``, ``fp16``.
     ``workers``: decode processes (None: sized to the cores, see :func:`plan_workers`).
+    ``compact``: merge the tagger's parts in the store into one after tagging (None: when it has more than
+    ``COMPACT_ABOVE_PARTS``; see :meth:`TagStore.compact`).
     """
     from curation.snapshots.reader import load_snapshot
 
@@ -140,7 +143,7 @@ def extract_tags(
     items = list(zip(images["image_sha256"].tolist(), images["image_path"].tolist()))
     tagger = make_backend(backend, device=device, precision=precision, compile=compile, **(backend_options or {}))
     store = TagStore(store_root, tagger_id(tagger), tagger.heads, tagger.model)
-    known = store.statuses()
+    known = store.statuses([sha for sha, _ in items])
 
     def needs_tagging(sha: str) -> bool:
         if sha not in known:
@@ -180,6 +183,9 @@ def extract_tags(
     finally:
         bar.close()
     tag_seconds = time.perf_counter() - tag_t0
+    if compact is None:
+        compact = len(store.parts()) > COMPACT_ABOVE_PARTS
+    compacted = store.compact() if compact else 0
 
     views_dir = Path(views_dir)
     shas = [sha for sha, _ in items]
@@ -203,6 +209,7 @@ def extract_tags(
         "failed": n_failed,
         "failures": failures,
         "unusable": int(sum(s != "ok" for s in statuses)),
+        "compacted_parts": compacted,
         "device": str(tagger.device),
         "seconds": round(time.perf_counter() - t0, 3),
         "images_per_s": round(len(todo) / tag_seconds, 1) if todo else None,

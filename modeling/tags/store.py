@@ -2,16 +2,32 @@
 
 Layout: ``<root>/<tagger>/part-<time>-<random>.parquet`` where ``<root>`` is a folder or an fsspec URL
 and ``<tagger>`` is the backend's name and version (``efficientnet-lite0-v1``). One row per image and
-run; when an image has several rows (an error retried later) the newest part wins. Columns::
+run; when an image has several rows (an error retried later) the newest part wins (parts sort by name,
+oldest first). Columns::
 
     image_sha256  string
     status        string   "ok" or "error"
     error         string   null when ok; "read: …" (retried by a later run) or "decode: …" (kept)
     <head>        fixed_size_list<float32>[n] per head of the backend, null when status is "error"
 
-File metadata: ``tagger`` (name + version), ``tag_model``, ``heads`` (JSON {head: [names]}). Each part is
-written whole (a local file is renamed into place; an object-store PUT is atomic), so a run that
-crashes loses at most the part it was filling, and the next run tags only what is missing.
+File metadata: ``tagger`` (name + version), ``tag_model``, ``heads`` (JSON {head: [names]}), and in a
+compacted part ``replaces`` (JSON [part file names]). Each part is written whole (a local file is renamed
+into place; elsewhere a finished local file is uploaded in one put), so a run that crashes loses at most
+the part it was filling, and the next run tags only what is missing.
+
+Reads: rows are sorted by ``image_sha256`` within a part and written in row groups of
+``ROW_GROUP_ROWS``, so a read of some images skips the row groups whose sha256 range holds none of them
+(Parquet statistics), filters the rest batch by batch and decodes only the columns asked for.
+
+Compaction (:meth:`TagStore.compact`; the stage calls it when a tagger has more than
+``COMPACT_ABOVE_PARTS`` parts) merges every part into one, keeping the newest row per image. It is
+crash-safe: the merged part names the parts it replaces in its metadata and readers skip those, so from
+the moment it appears (whole, by rename or put) every row is visible exactly once, whether or not the old
+parts are removed yet; a kill before that leaves the old parts as they were. Leftovers of a killed
+compaction are removed by the next one. It reads the store ``COMPACT_ROWS_PER_PASS`` rows' worth of
+sha256 range at a time, so its memory stays bounded. Two compactions of one tagger must not run at the
+same time (the tag task runs in the accelerator pool); a duplicate they left would still read right, the
+newest part winning.
 
 Per-snapshot *views* are the files training reads (:func:`write_view`, :func:`load_tags`): one
 vocabulary, the snapshot's images only, columns ``image_sha256, status, error, probs`` and metadata
@@ -20,21 +36,33 @@ vocabulary, the snapshot's images only, columns ``image_sha256, status, error, p
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 _META_TAG_NAMES = b"tag_names"
 _META_TAG_MODEL = b"tag_model"
 _META_TAGGER = b"tagger"
 _META_HEADS = b"heads"
+_META_REPLACES = b"replaces"
+_KEY_COLUMNS = ("image_sha256", "status", "error")
+
+ROW_GROUP_ROWS = 4096
+COMPACT_ABOVE_PARTS = 16
+COMPACT_ROWS_PER_PASS = 100_000
+# A temporary file this old was left by a killed writer (a live one renames its file within minutes).
+STALE_TEMPORARY_SECONDS = 24 * 3600
+# A read that finds a part gone (a compaction removed it meanwhile) lists the parts again, this many times.
+_READ_ATTEMPTS = 5
 
 
 def _fs(root: str | os.PathLike):
@@ -44,18 +72,37 @@ def _fs(root: str | os.PathLike):
     return fs, path.rstrip("/")
 
 
-def _write_parquet(fs, path: str, table: pa.Table) -> None:
+def _is_local(fs) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
-    if isinstance(fs, LocalFileSystem):
+    return isinstance(fs, LocalFileSystem)
+
+
+@contextmanager
+def _parquet_writer(fs, path: str, schema: pa.Schema):
+    """A ``ParquetWriter`` whose file appears at ``path`` whole, only when the block ends without error:
+    a local file is written beside its target and renamed into place; elsewhere a local temporary file
+    is uploaded in one put (an object store shows it whole or not at all)."""
+    if _is_local(fs):
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-        return
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    with fs.open(path, "wb") as fh:  # one PUT: the part appears whole or not at all
-        fh.write(buffer.getvalue())
+    else:
+        handle, tmp = tempfile.mkstemp(suffix=".parquet")
+        os.close(handle)
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            yield writer
+        if _is_local(fs):
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_parquet(fs, path: str, table: pa.Table) -> None:
+    with _parquet_writer(fs, path, table.schema) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
 
 def _fixed_lists(scores: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
@@ -76,6 +123,22 @@ def _to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
     return out
 
 
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _newest_rows(table: pa.Table) -> pa.Table:
+    """One row per image: the last one (tables are concatenated oldest part first)."""
+    last = {s: i for i, s in enumerate(table.column("image_sha256").to_pylist())}
+    return table.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def _sha_ranges(n: int) -> list[tuple[str | None, str | None]]:
+    """``n`` ranges of sha256 hex strings that partition every string: [None, b1), [b1, b2), …, [b_n-1, None)."""
+    bounds = [None, *(f"{i * 16 ** 8 // n:08x}" for i in range(1, n)), None]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class TagStore:
     """The parts of one tagger under ``root``."""
 
@@ -90,11 +153,11 @@ class TagStore:
             metadata={_META_TAGGER: tagger.encode(), _META_TAG_MODEL: model.encode(),
                       _META_HEADS: json.dumps(self.heads).encode()})
 
-    def parts(self) -> list[str]:
+    # ---------------------------------------------------------------- listing
+    def _files(self) -> list[str]:
         if not self.fs.exists(self.folder):
             return []
-        return sorted(p for p in self.fs.ls(self.folder, detail=False) if p.rsplit("/", 1)[-1].startswith("part-")
-                      and p.endswith(".parquet"))
+        return sorted(self.fs.ls(self.folder, detail=False))
 
     def _check(self, part: str, schema: pa.Schema) -> None:
         meta = schema.metadata or {}
@@ -102,16 +165,70 @@ class TagStore:
             raise ValueError(f"{part} was written by another tagger or with other tag names than "
                              f"{self.tagger}; it does not belong in {self.folder}")
 
-    def statuses(self) -> dict[str, tuple[str, str | None]]:
-        """image_sha256 -> (status, error) of the newest row of each image in the store."""
+    def _scan(self) -> tuple[list[ds.ParquetFileFragment], list[str]]:
+        """(the visible parts, oldest first; the parts a compaction replaced that are still there)."""
+        listed = [p for p in self._files() if _name(p).startswith("part-") and p.endswith(".parquet")]
+        if not listed:
+            return [], []
+        fragments = list(ds.dataset(listed, format="parquet", filesystem=self.fs).get_fragments())
+        replaced: set[str] = set()
+        for fragment in fragments:
+            schema = fragment.physical_schema
+            self._check(fragment.path, schema)
+            replaced.update(json.loads((schema.metadata or {}).get(_META_REPLACES, b"[]")))
+        visible = [f for f in fragments if _name(f.path) not in replaced]
+        return visible, [f.path for f in fragments if _name(f.path) in replaced]
+
+    def parts(self) -> list[str]:
+        """The parts readers see, oldest first (those a compaction replaced are left out)."""
+        return [f.path for f in self._retrying(lambda: self._scan()[0])]
+
+    def _retrying(self, read):
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return read()
+            except FileNotFoundError:  # a compaction removed a part between listing and reading: list again
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+
+    def _read(self, columns: list[str], expression=None) -> pa.Table:
+        """The visible parts' rows matching ``expression`` (every row when None), ``columns`` only, oldest
+        part first; row groups whose statistics exclude the expression are not read."""
+        def read() -> pa.Table:
+            visible, _ = self._scan()
+            schema = pa.schema([self.schema.field(c) for c in columns])
+            tables = [f.to_table(columns=columns, filter=expression).cast(schema) for f in visible]
+            return pa.concat_tables(tables) if tables else schema.empty_table()
+
+        return self._retrying(read)
+
+    # ---------------------------------------------------------------- reads
+    def statuses(self, shas: list[str] | None = None) -> dict[str, tuple[str, str | None]]:
+        """image_sha256 -> (status, error) of the newest row of each image in the store (of ``shas`` only
+        when given)."""
+        wanted = None if shas is None else pc.field("image_sha256").isin(pa.array(sorted(set(shas)), pa.string()))
+        table = self._read(list(_KEY_COLUMNS), wanted)
         out: dict[str, tuple[str, str | None]] = {}
-        for part in self.parts():
-            with self.fs.open(part, "rb") as fh:
-                table = pq.read_table(fh, columns=["image_sha256", "status", "error"])
-            self._check(part, table.schema)
-            for sha, status, error in zip(*(table.column(c).to_pylist() for c in ("image_sha256", "status", "error"))):
-                out[sha] = (status, error)
+        for sha, status, error in zip(*(table.column(c).to_pylist() for c in _KEY_COLUMNS)):
+            out[sha] = (status, error)
         return out
+
+    def rows(self, shas: list[str], heads: list[str] | None = None) -> pa.Table:
+        """The newest row of each of ``shas`` found in the store (order of ``shas``; missing ones left out),
+        with the key columns and ``heads`` (default: every head)."""
+        unknown = sorted(set(heads or ()) - set(self.heads))
+        if unknown:
+            raise ValueError(f"{self.tagger} has no heads {unknown}; it has {list(self.heads)}")
+        columns = [*_KEY_COLUMNS, *(self.heads if heads is None else heads)]
+        wanted = pa.array(sorted(set(shas)), pa.string())
+        merged = self._read(columns, pc.field("image_sha256").isin(wanted)).combine_chunks()
+        last = {s: i for i, s in enumerate(merged.column("image_sha256").to_pylist())}  # newest part wins
+        order = [last[s] for s in dict.fromkeys(shas) if s in last]
+        return merged.take(pa.array(order, pa.int64()))
+
+    # ---------------------------------------------------------------- writes
+    def _new_part(self, time_ns: int | None = None) -> str:
+        return f"{self.folder}/part-{time.time_ns() if time_ns is None else time_ns:020d}-{uuid.uuid4().hex[:8]}.parquet"
 
     def append(self, shas: list[str], errors: list[str | None], heads: dict[str, np.ndarray]) -> str:
         """Write one part: a row per image, ``errors[i]`` None for a tagged image."""
@@ -120,44 +237,53 @@ class TagStore:
                    pa.array(errors, pa.string())]
         columns += [_fixed_lists(heads[h], ok) for h in self.heads]
         table = pa.Table.from_arrays(columns, schema=self.schema)
+        table = table.take(pc.sort_indices(table.column("image_sha256")))  # stable: a repeated image keeps its order
         self.fs.makedirs(self.folder, exist_ok=True)
-        path = f"{self.folder}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self._new_part()
         _write_parquet(self.fs, path, table)
         return path
 
-    def rows(self, shas: list[str]) -> pa.Table:
-        """The newest row of each of ``shas`` found in the store (order of ``shas``; missing ones left out)."""
-        wanted = pa.array(sorted(set(shas)), pa.string())
-        tables = []
-        for part in self.parts():
-            with self.fs.open(part, "rb") as fh:
-                table = pq.read_table(fh)
-            self._check(part, table.schema)
-            tables.append(table.filter(pc.is_in(table.column("image_sha256"), value_set=wanted)))
-        if not tables:
-            return self.schema.empty_table()
-        merged = pa.concat_tables([t.cast(self.schema) for t in tables]).combine_chunks()
-        last = {s: i for i, s in enumerate(merged.column("image_sha256").to_pylist())}  # newest part wins
-        order = [last[s] for s in dict.fromkeys(shas) if s in last]
-        return merged.take(pa.array(order, pa.int64()))
+    def compact(self, *, min_parts: int = 2) -> int:
+        """Merge the visible parts into one (newest row per image, sorted by sha256) when there are at least
+        ``min_parts``; remove what a killed compaction left. Returns the number of part files removed."""
+        visible, leftovers = self._scan()
+        if len(visible) < max(2, min_parts):
+            self._remove(leftovers)
+            return len(leftovers)
+        replaced = [f.path for f in visible] + leftovers
+        total = sum(f.metadata.num_rows for f in visible)
+        # Named at the newest replaced part's time: a part appended meanwhile stays newer than the merge.
+        newest_time = int(_name(visible[-1].path).split("-")[1])
+        schema = self.schema.with_metadata({**self.schema.metadata,
+                                            _META_REPLACES: json.dumps(sorted(_name(p) for p in replaced)).encode()})
+        field = pc.field("image_sha256")
+        with _parquet_writer(self.fs, self._new_part(newest_time), schema) as writer:
+            for lo, hi in _sha_ranges(max(1, -(-total // COMPACT_ROWS_PER_PASS))):
+                bounds = [e for e in ((field >= lo) if lo else None, (field < hi) if hi else None) if e is not None]
+                expression = bounds[0] & bounds[1] if len(bounds) == 2 else (bounds[0] if bounds else None)
+                merged = _newest_rows(pa.concat_tables(
+                    [f.to_table(filter=expression).cast(self.schema) for f in visible]).combine_chunks())
+                merged = merged.take(pc.sort_indices(merged.column("image_sha256")))
+                writer.write_table(merged.cast(schema), row_group_size=ROW_GROUP_ROWS)
+        # From here the merged part hides the replaced ones: removing them changes nothing readers see.
+        self._remove(replaced)
+        self._remove_stale_temporaries()
+        return len(replaced)
 
-    def compact(self) -> int:
-        """Merge all parts into one (newest row per image); returns the number of parts replaced."""
-        parts = self.parts()
-        if len(parts) < 2:
-            return 0
-        tables = []
-        for part in parts:
-            with self.fs.open(part, "rb") as fh:
-                tables.append(pq.read_table(fh).cast(self.schema))
-        merged = pa.concat_tables(tables).combine_chunks()
-        last = {s: i for i, s in enumerate(merged.column("image_sha256").to_pylist())}
-        merged = merged.take(pa.array(sorted(last.values()), pa.int64()))
-        self.fs.makedirs(self.folder, exist_ok=True)
-        _write_parquet(self.fs, f"{self.folder}/part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", merged)
-        for part in parts:
-            self.fs.rm(part)
-        return len(parts)
+    def _remove(self, paths: list[str]) -> None:
+        for path in paths:
+            try:
+                self.fs.rm(path)
+            except FileNotFoundError:
+                pass
+
+    def _remove_stale_temporaries(self) -> None:
+        if not _is_local(self.fs):
+            return  # elsewhere the temporary files are local to the writer's machine
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        for path in self._files():
+            if ".parquet.tmp-" in _name(path) and os.path.getmtime(path) < cutoff:
+                self._remove([path])
 
 
 def head_arrays(table: pa.Table, heads: dict[str, list[str]]) -> dict[str, tuple[list[str], np.ndarray]]:
