@@ -29,10 +29,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PAD = "<pad>"
 DEFAULT_MAX_LEN = 200
+LENGTH_CHUNK = 64  # lyrics per BiLSTM call when a batch is sorted by length (``LyricEncoder.context``)
 
 
 def tokenize(text: str | None) -> list[str]:
@@ -154,9 +156,23 @@ class LyricEncoder(nn.Module):
     def output_dim(self) -> int:
         return 2 * self.hidden
 
-    def context(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image."""
-        return self.lstm(self.embedding(tokens), lengths)
+    def context(self, tokens: torch.Tensor, lengths: torch.Tensor, chunk: int = LENGTH_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+        """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image.
+
+        The BiLSTM steps through every padded position, and a batch's lyrics vary in length (a few words
+        to ``max_len``): lyrics of similar length go through it together, ``chunk`` at a time, each chunk
+        cut to its own longest lyric. Padding changes no output, so the result is the same."""
+        if len(lengths) <= chunk:
+            return self.lstm(self.embedding(tokens), lengths)
+        order = torch.argsort(lengths, stable=True)
+        outputs, finals = [], []
+        for part in order.split(chunk):
+            n = int(lengths[part].max())
+            h, final = self.lstm(self.embedding(tokens[part.to(tokens.device), :n]), lengths[part])
+            outputs.append(F.pad(h, (0, 0, 0, tokens.shape[1] - n)))
+            finals.append(final)
+        inverse = torch.argsort(order).to(tokens.device)
+        return torch.cat(outputs)[inverse], torch.cat(finals)[inverse]
 
     def attention_keys(self, h: torch.Tensor) -> torch.Tensor:
         """``W_am h_t`` [..., L, A]: the half of ``m_t`` that does not depend on the image, so a lyric's keys are

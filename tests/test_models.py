@@ -68,6 +68,23 @@ def test_forward_shapes_and_padding_invariance(attention):
             torch.testing.assert_close(model(tokens, lengths, torch.rand(3, T)), out)
 
 
+def test_lyrics_sorted_into_length_chunks_give_the_same_outputs_and_gradients():
+    model = _toy_model(True)
+    rng = np.random.default_rng(2)
+    seqs = [list(rng.integers(1, 20, size=int(n))) for n in rng.integers(1, 12, size=9)]
+    tokens, lengths = pad_batch(seqs)
+    chunked_h, chunked_final = model.encoder.context(tokens, lengths, chunk=2)
+    whole_h, whole_final = model.encoder.context(tokens, lengths, chunk=len(seqs))
+    torch.testing.assert_close(chunked_h, whole_h, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked_final, whole_final, atol=1e-6, rtol=1e-5)
+    grads = []
+    for h, final in ((chunked_h, chunked_final), (whole_h, whole_final)):
+        model.zero_grad()
+        (h.square().sum() + final.sum()).backward()
+        grads.append(model.encoder.lstm.forward_lstm.weight_hh_l0.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
 def test_attention_reweights_the_bilstm_outputs_without_a_second_encoder():
     model = _toy_model(True)
     lstms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.LSTM)}
