@@ -29,10 +29,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PAD = "<pad>"
 DEFAULT_MAX_LEN = 200
+LENGTH_CHUNK = 64  # lyrics per BiLSTM call when a batch is sorted by length (``LyricEncoder.context``)
 
 
 def tokenize(text: str | None) -> list[str]:
@@ -154,21 +156,56 @@ class LyricEncoder(nn.Module):
     def output_dim(self) -> int:
         return 2 * self.hidden
 
-    def context(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image."""
-        return self.lstm(self.embedding(tokens), lengths)
+    def context(self, tokens: torch.Tensor, lengths: torch.Tensor, chunk: int = LENGTH_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+        """First BiLSTM -> (outputs h_t [B, L, 2H], final output [B, 2H]); independent of the image.
 
-    def attention_weights(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """s_t [B, L]: softmax over each lyric's real tokens (padding gets exactly 0)."""
-        m = torch.tanh(self.W_am(h) + self.W_qm(q).unsqueeze(1))
-        logits = self.w_ms(m).squeeze(-1)
-        mask = torch.arange(h.shape[1], device=h.device).unsqueeze(0) < lengths.to(h.device).unsqueeze(1)
+        The BiLSTM steps through every padded position, and a batch's lyrics vary in length (a few words
+        to ``max_len``): lyrics of similar length go through it together, ``chunk`` at a time, each chunk
+        cut to its own longest lyric. Padding changes no output, so the result is the same."""
+        if len(lengths) <= chunk:
+            return self.lstm(self.embedding(tokens), lengths)
+        order = torch.argsort(lengths, stable=True)
+        outputs, finals = [], []
+        for part in order.split(chunk):
+            n = int(lengths[part].max())
+            h, final = self.lstm(self.embedding(tokens[part.to(tokens.device), :n]), lengths[part])
+            outputs.append(F.pad(h, (0, 0, 0, tokens.shape[1] - n)))
+            finals.append(final)
+        inverse = torch.argsort(order).to(tokens.device)
+        return torch.cat(outputs)[inverse], torch.cat(finals)[inverse]
+
+    def attention_keys(self, h: torch.Tensor) -> torch.Tensor:
+        """``W_am h_t`` [..., L, A]: the half of ``m_t`` that does not depend on the image, so a lyric's keys are
+        computed once and reused for every image it is paired with."""
+        return self.W_am(h)
+
+    def _token_weights(self, keys: torch.Tensor, query: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """softmax_t(w_ms . tanh(keys + query)) over the real tokens; ``query`` (``W_qm q``) broadcasts against
+        ``keys`` [..., L, A], ``lengths`` [B] against the lyric axis."""
+        logits = self.w_ms(torch.tanh(keys + query)).squeeze(-1)
+        mask = torch.arange(keys.shape[-2], device=keys.device) < lengths.to(keys.device).unsqueeze(-1)
         return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
 
-    def attend(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_weights(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor,
+                          keys: torch.Tensor | None = None) -> torch.Tensor:
+        """s_t [B, L], one query per lyric: softmax over each lyric's real tokens (padding gets exactly 0).
+        ``keys``: the lyrics' ``attention_keys`` when already computed."""
+        keys = self.attention_keys(h) if keys is None else keys
+        return self._token_weights(keys, self.W_qm(q).unsqueeze(1), lengths)
+
+    def attend(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor,
+               keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reweight h_t by the tag attention and sum over the lyric -> (lyric vector [B, 2H], s [B, L])."""
-        s = self.attention_weights(h, lengths, q)
+        s = self.attention_weights(h, lengths, q, keys)
         return torch.einsum("bl,bld->bd", s, h), s
+
+    def attend_grid(self, h: torch.Tensor, lengths: torch.Tensor, q: torch.Tensor,
+                    keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Every query with every lyric -> lyric vectors [Q, B, 2H] for ``q`` [Q, D] and lyrics ``h`` [B, L, 2H]:
+        the same as ``attend`` on each (query, lyric) pair, without copying a lyric's outputs per pair."""
+        keys = self.attention_keys(h) if keys is None else keys
+        s = self._token_weights(keys, self.W_qm(q)[:, None, None, :], lengths)  # [Q, B, L]
+        return torch.einsum("qbl,bld->qbd", s, h)
 
     def forward(self, tokens, lengths, q=None, return_attention: bool = False):
         h, final = self.context(tokens, lengths)

@@ -68,6 +68,23 @@ def test_forward_shapes_and_padding_invariance(attention):
             torch.testing.assert_close(model(tokens, lengths, torch.rand(3, T)), out)
 
 
+def test_lyrics_sorted_into_length_chunks_give_the_same_outputs_and_gradients():
+    model = _toy_model(True)
+    rng = np.random.default_rng(2)
+    seqs = [list(rng.integers(1, 20, size=int(n))) for n in rng.integers(1, 12, size=9)]
+    tokens, lengths = pad_batch(seqs)
+    chunked_h, chunked_final = model.encoder.context(tokens, lengths, chunk=2)
+    whole_h, whole_final = model.encoder.context(tokens, lengths, chunk=len(seqs))
+    torch.testing.assert_close(chunked_h, whole_h, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked_final, whole_final, atol=1e-6, rtol=1e-5)
+    grads = []
+    for h, final in ((chunked_h, chunked_final), (whole_h, whole_final)):
+        model.zero_grad()
+        (h.square().sum() + final.sum()).backward()
+        grads.append(model.encoder.lstm.forward_lstm.weight_hh_l0.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
 def test_attention_reweights_the_bilstm_outputs_without_a_second_encoder():
     model = _toy_model(True)
     lstms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.LSTM)}
@@ -94,8 +111,33 @@ def test_query_vector_mean_and_max_of_top5_tag_embeddings():
         _toy_model(True, pooling="median")
 
 
-def test_pair_scoring_in_chunks_equals_each_pair_alone():
-    model = _toy_model(True)
+def _toy_reader(seed: int = 0):
+    from modeling.models.baselines.attentive_reader import AttentiveReaderModule
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(20, 8)).astype(np.float32)
+    emb[0] = 0
+    space = ImageSpace.fit(rng.dirichlet(np.ones(T), 10).astype(np.float32))
+    return AttentiveReaderModule(emb, rng.normal(size=(T, 8)).astype(np.float32), space, hidden=6, mlp_hidden=16).eval()
+
+
+@pytest.mark.parametrize("make", [_toy_model, _toy_reader], ids=["paper", "attentive-reader"])
+def test_training_pairs_equal_the_forward_pass(make):
+    """``song_pairs`` (training) reuses each song's attention keys across the images it is paired with."""
+    model = make(True) if make is _toy_model else make()
+    songs = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
+    probs = torch.softmax(torch.randn(5, T) * 3, -1)
+    idx = torch.tensor([0, 2, 1, 1, 0])
+    with torch.no_grad():
+        pairs = model.song_pairs(model.song_context(songs, torch.arange(3)), idx, probs)
+        alone = torch.cat([model(*pad_batch([songs[j]]), probs[i : i + 1]) for i, j in enumerate(idx.tolist())])
+    torch.testing.assert_close(pairs, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [_toy_model, _toy_reader], ids=["paper", "attentive-reader"])
+def test_pair_scoring_in_chunks_equals_each_pair_alone(make):
+    model = make(True) if make is _toy_model else make()
     songs = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11], [12, 13, 14]]
     probs = np.random.default_rng(1).dirichlet(np.ones(T), 7).astype(np.float32)
     chunked = score_matrix(model, songs, len(songs), probs, song_batch=2, pair_batch=3)

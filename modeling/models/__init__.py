@@ -8,7 +8,8 @@ validation pairs of one split, one tag vocabulary) with ``fit(data, ...)``.
 The trainable ones share a small torch interface, ``JointModule``: images and songs are mapped to one
 space and compared by cosine similarity; a *conditional* module (tag attention) builds a song's vector
 for a given image, so its song side takes a context computed once per song (``song_context``) and
-finishes it per (image, song) pair (``song_pairs``).
+finishes it per (image, song) pair (``song_pairs``, in training) or for every image and song of a block
+at once (``song_grid``, in scoring).
 """
 
 from __future__ import annotations
@@ -45,10 +46,15 @@ class JointModule(nn.Module):
         """All songs of a context [U, D]; non-conditional modules only."""
         raise NotImplementedError
 
+    def song_grid(self, context: Any, probs: torch.Tensor) -> torch.Tensor:
+        """Song vectors [I, U, D] of every image of ``probs`` [I, T] with every song of the context;
+        conditional modules only."""
+        raise NotImplementedError
+
 
 @torch.inference_mode()
 def score_matrix(module: JointModule, songs: Any, n_songs: int, probs: np.ndarray, *, device=None,
-                 song_batch: int = 128, pair_batch: int = 8192) -> np.ndarray:
+                 song_batch: int = 128, pair_batch: int = 4096) -> np.ndarray:
     """Cosine similarity [I, S] between images (tag probs) and the first ``n_songs`` prepared songs."""
     module.eval()
     dev = device or next(itertools.chain(module.parameters(), module.buffers()), torch.zeros(0)).device
@@ -58,20 +64,22 @@ def score_matrix(module: JointModule, songs: Any, n_songs: int, probs: np.ndarra
     if n_img == 0 or n_songs == 0:
         return out
     img = F.normalize(module.image_side(p).float(), dim=-1)
+    # A conditional module attends over every padded token of every pair: blocks of songs of similar
+    # length (its songs are token lists) pad little.
+    order = sorted(range(n_songs), key=lambda i: len(songs[i])) if module.conditional else list(range(n_songs))
     for s0 in range(0, n_songs, song_batch):
-        rows = torch.arange(s0, min(n_songs, s0 + song_batch), device=dev)
+        block = order[s0 : s0 + song_batch]
+        rows = torch.tensor(block, device=dev)
         ctx = module.song_context(songs, rows)
         if not module.conditional:
             vec = F.normalize(module.song_vectors(ctx).float(), dim=-1)
-            out[:, s0 : s0 + len(rows)] = (img @ vec.T).cpu().numpy()
+            out[:, block] = (img @ vec.T).cpu().numpy()
             continue
         per = max(1, pair_batch // len(rows))  # images per step
         for i0 in range(0, n_img, per):
             i1 = min(n_img, i0 + per)
-            k = i1 - i0
-            idx = torch.arange(len(rows), device=dev).repeat(k)
-            vec = F.normalize(module.song_pairs(ctx, idx, p[i0:i1].repeat_interleave(len(rows), 0)).float(), dim=-1)
-            out[i0:i1, s0 : s0 + len(rows)] = torch.einsum("kcd,kd->kc", vec.reshape(k, len(rows), -1), img[i0:i1]).cpu().numpy()
+            vec = F.normalize(module.song_grid(ctx, p[i0:i1]).float(), dim=-1)  # [k, songs, D]
+            out[i0:i1, block] = torch.einsum("kcd,kd->kc", vec, img[i0:i1]).cpu().numpy()
     return out
 
 

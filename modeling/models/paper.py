@@ -180,14 +180,19 @@ class Image2SongModel(JointModule):
     def song_context(self, songs, rows):
         tokens, lengths = pad_batch([songs[i] for i in rows.tolist()])
         h, final = self.encoder.context(tokens.to(self.tag_embeddings.device), lengths)
-        return h, final, lengths
+        keys = self.encoder.attention_keys(h) if self.conditional else None
+        return h, final, lengths, keys
 
     def song_pairs(self, context, idx, probs):
-        h, final, lengths = context
+        h, final, lengths, keys = context
         if not self.conditional:
             return self.mlp(final[idx])
-        vec, _ = self.encoder.attend(h[idx], lengths[idx.cpu()], self.query_vector(probs))
+        vec, _ = self.encoder.attend(h[idx], lengths[idx.cpu()], self.query_vector(probs), keys[idx])
         return self.mlp(vec)
+
+    def song_grid(self, context, probs):
+        h, _, lengths, keys = context
+        return self.mlp(self.encoder.attend_grid(h, lengths, self.query_vector(probs), keys))
 
     def song_vectors(self, context):
         return self.mlp(context[1])
