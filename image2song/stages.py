@@ -468,11 +468,9 @@ def latest_model(settings: Settings, snapshot_path: str, split: str) -> str:
 
     for _, run in reversed(snapshot_runs(settings.runs, Path(snapshot_path).name)):
         order = json.loads((run / "run.json").read_text()).get("params", {}).get("tag_vocabularies") or []
-        found = sorted(run.glob(f"*/split-{split}/paper.pt"),
-                       key=lambda p: (order.index(p.parent.parent.name) if p.parent.parent.name in order else len(order),
-                                      p.parent.parent.name))
-        if found:
-            return str(found[0].parent)
+        for vocabulary in [*order, *sorted(p.name for p in run.iterdir() if p.is_dir())]:
+            if (run / vocabulary / f"split-{split}" / "paper.pt").exists():
+                return str(run / vocabulary / f"split-{split}")
     raise LookupError(f"no trained model for split {split} of {Path(snapshot_path).name}: run `image2song train` first")
 
 

@@ -55,15 +55,14 @@ def headline(evaluation: dict, model: str = "paper") -> dict | None:
             "MedR ci95": d["ci95"]["MedR"], "chance R@10": d["chance"].get("R@10"), "chance MedR": d["chance"]["MedR"]}
 
 
-VOCABULARY_ORDER = ("obj", "attr", "obj+attr", "imagenet")  # the paper's Table 2 order, then the fine classes
-
-
 def vocabulary_table(evaluations: list[dict]) -> list[str]:
     """The paper's Table 2: the paper's model on each tag vocabulary and split, image → song, every figure
     with its 95 % interval, chance beside it. Empty when no experiment has the paper's model."""
+    from modeling.tags.vocabularies import VOCABULARIES  # the paper's Table 2 order, then the fine classes
+
     rows = sorted((e for e in evaluations if "image_to_song" in e["models"].get("paper", {})),
-                  key=lambda e: (VOCABULARY_ORDER.index(e["vocabulary"]) if e["vocabulary"] in VOCABULARY_ORDER
-                                 else len(VOCABULARY_ORDER), e["vocabulary"], e["split"]))
+                  key=lambda e: (VOCABULARIES.index(e["vocabulary"]) if e["vocabulary"] in VOCABULARIES
+                                 else len(VOCABULARIES), e["vocabulary"], e["split"]))
     if not rows:
         return []
     metrics, chance = ("R@1", "R@5", "R@10", "MedR"), ("R@1", "R@10", "MedR")

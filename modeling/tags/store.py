@@ -127,10 +127,14 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _newest_row_index(table: pa.Table) -> dict[str, int]:
+    """image_sha256 -> the index of its last row (tables are concatenated oldest part first: the newest wins)."""
+    return {s: i for i, s in enumerate(table.column("image_sha256").to_pylist())}
+
+
 def _newest_rows(table: pa.Table) -> pa.Table:
-    """One row per image: the last one (tables are concatenated oldest part first)."""
-    last = {s: i for i, s in enumerate(table.column("image_sha256").to_pylist())}
-    return table.take(pa.array(sorted(last.values()), pa.int64()))
+    """One row per image: the newest."""
+    return table.take(pa.array(sorted(_newest_row_index(table).values()), pa.int64()))
 
 
 def _sha_ranges(n: int) -> list[tuple[str | None, str | None]]:
@@ -222,7 +226,7 @@ class TagStore:
         columns = [*_KEY_COLUMNS, *(self.heads if heads is None else heads)]
         wanted = pa.array(sorted(set(shas)), pa.string())
         merged = self._read(columns, pc.field("image_sha256").isin(wanted)).combine_chunks()
-        last = {s: i for i, s in enumerate(merged.column("image_sha256").to_pylist())}  # newest part wins
+        last = _newest_row_index(merged)
         order = [last[s] for s in dict.fromkeys(shas) if s in last]
         return merged.take(pa.array(order, pa.int64()))
 
@@ -259,8 +263,9 @@ class TagStore:
         field = pc.field("image_sha256")
         with _parquet_writer(self.fs, self._new_part(newest_time), schema) as writer:
             for lo, hi in _sha_ranges(max(1, -(-total // COMPACT_ROWS_PER_PASS))):
-                bounds = [e for e in ((field >= lo) if lo else None, (field < hi) if hi else None) if e is not None]
-                expression = bounds[0] & bounds[1] if len(bounds) == 2 else (bounds[0] if bounds else None)
+                expression = None if lo is None else field >= lo
+                if hi is not None:
+                    expression = field < hi if expression is None else expression & (field < hi)
                 merged = _newest_rows(pa.concat_tables(
                     [f.to_table(filter=expression).cast(self.schema) for f in visible]).combine_chunks())
                 merged = merged.take(pc.sort_indices(merged.column("image_sha256")))
