@@ -47,11 +47,13 @@ minutes, hours = (lambda n: timedelta(minutes=n)), (lambda n: timedelta(hours=n)
                               description="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
                                           "(empty: IMAGE2SONG_WORD_VECTORS)"),
         "epochs": Param(30, type="integer", minimum=1, maximum=500, description="at most this many epochs (early stopping)"),
+        "bilstm_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=500,
+                               description="at most this many epochs for the BiLSTM models (the paper's, the permuted "
+                                           "control, the Attentive Reader); empty: epochs"),
         "seed": Param(None, type=["null", "integer"], description="training seed (empty: IMAGE2SONG_SEED)"),
-        "baselines": Param(["attentive-reader", "psi", "minilm", "conse", "control", "popularity"], type="array",
-                           uniqueItems=True,
-                           items={"enum": ["attentive-reader", "psi", "minilm", "conse", "control", "popularity"]},
-                           description="baselines to train and report beside the paper's model (control adds the hybrid)"),
+        "baselines": Param(list(stages.BASELINES), type="array", uniqueItems=True, items={"enum": list(stages.BASELINES)},
+                           description="baselines to train and report beside the paper's model (neighbours adds the "
+                                       "hybrid)"),
         "device": Param("auto", type="string", pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
                         description="where images are tagged and models trained: auto (a GPU when present), cpu, "
                                     "cuda or cuda:N"),

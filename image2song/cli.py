@@ -197,7 +197,7 @@ def cmd_tags(args, settings: Settings) -> int:
 
 def _train_args(args) -> dict:
     return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
-            "epochs": args.epochs, "seed": args.seed, "baselines": args.baselines, "baselines_on": args.baselines_on}
+            "epochs": args.epochs, "bilstm_epochs": args.bilstm_epochs, "seed": args.seed, "baselines": args.baselines, "baselines_on": args.baselines_on}
 
 
 def cmd_train(args, settings: Settings) -> int:
@@ -470,10 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--word-vectors", help="glove-6b-50d, word2vec-english, word2vec-snapshot or a word2vec file "
                    "(default IMAGE2SONG_WORD_VECTORS)")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs; early stopping on validation (default 30)")
+    p.add_argument("--bilstm-epochs", type=int, help="at most this many epochs for the BiLSTM models (the paper's, the "
+                   "permuted control, the Attentive Reader), whose epochs cost far more than the others' (default --epochs)")
     p.add_argument("--seed", type=int, help="training seed (default IMAGE2SONG_SEED)")
     p.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
-    p.add_argument("--baselines", nargs="*", choices=["attentive-reader", "psi", "minilm", "conse", "control", "popularity"],
-                   help="baselines beside the paper's model (default all; control adds the hybrid)")
+    p.add_argument("--baselines", nargs="*", choices=list(stages.BASELINES),
+                   help="baselines beside the paper's model (default all; neighbours adds the hybrid)")
 
     p = add("evaluate", cmd_evaluate, "re-evaluate the models of a run folder and rewrite its report")
     p.add_argument("run", help="a run folder (<state>/runs/<snapshot>/<run>)")

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from image2song.settings import Settings
+from modeling import BASELINES
 
 log = logging.getLogger("image2song")
 
@@ -402,18 +403,20 @@ def word_vectors(settings: Settings, snapshot_path: str | None = None, spec: str
 # The first tag vocabulary gets every model and baseline; the others the paper's model alone (the paper's
 # Table 2 compares its model across obj / attr / obj+attr), unless baselines_on is "every".
 TRAIN_DEFAULTS = {"model": "bilstm+attention", "loss": "mse", "tag_vocabularies": ["obj+attr", "obj", "attr"],
-                  "baselines_on": "first", "word_vectors": None, "epochs": 30, "seed": None, "baselines": None}
+                  "baselines_on": "first", "word_vectors": None, "epochs": 30, "bilstm_epochs": None, "seed": None,
+                  "baselines": None}
 BASELINES_ON = ("first", "every")
 
 
 def train_params(settings: Settings, params: dict | None = None) -> dict:
     """The train run's parameters with the defaults filled in (word vectors and seed from the settings)."""
-    from modeling.harness.training import BASELINES
-
     p = {**TRAIN_DEFAULTS, **{k: v for k, v in (params or {}).items() if k in TRAIN_DEFAULTS and v is not None}}
     p["word_vectors"] = p["word_vectors"] or settings.word_vectors
     p["seed"] = settings.seed if p["seed"] is None else int(p["seed"])
     p["baselines"] = list(BASELINES) if p["baselines"] is None else list(p["baselines"])
+    unknown = sorted(set(p["baselines"]) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}: choose from {list(BASELINES)}")
     p["tag_vocabularies"] = list(p["tag_vocabularies"])
     if not p["tag_vocabularies"] or len(set(p["tag_vocabularies"])) != len(p["tag_vocabularies"]):
         raise ValueError(f"tag_vocabularies must name each vocabulary once, at least one: {p['tag_vocabularies']}")
@@ -424,11 +427,11 @@ def train_params(settings: Settings, params: dict | None = None) -> dict:
 
 def experiment_models(params: dict, vocabulary: str) -> list[str]:
     """The models trained on ``vocabulary``: all of them (the paper's, the permuted-lyrics control, the
-    baselines, the hybrid with the control) on the first vocabulary or with ``baselines_on="every"``, else
+    baselines, the hybrid with the image-history neighbours) on the first vocabulary or with ``baselines_on="every"``, else
     the paper's model alone."""
     if vocabulary != params["tag_vocabularies"][0] and params["baselines_on"] == "first":
         return ["paper"]
-    return ["paper", "permuted", *params["baselines"], *(["hybrid"] if "control" in params["baselines"] else [])]
+    return ["paper", "permuted", *params["baselines"], *(["hybrid"] if "neighbours" in params["baselines"] else [])]
 
 
 def run_dir(settings: Settings, snapshot_path: str, params: dict, run_id: str | None = None) -> Path:
@@ -455,7 +458,8 @@ def train(settings: Settings, snapshot_path: str, tags_paths: dict, *, split: st
     out = experiment_folder(run, vocabulary, split)
     models = experiment_models(p, vocabulary)
     result = train_models(snapshot_path, tags_paths[vocabulary], out, split=split, vocabulary=vocabulary, models=models,
-                          loss=p["loss"], attention=p["model"] == "bilstm+attention", epochs=p["epochs"], seed=p["seed"],
+                          loss=p["loss"], attention=p["model"] == "bilstm+attention", epochs=p["epochs"],
+                          bilstm_epochs=p["bilstm_epochs"], seed=p["seed"],
                           word_vectors=word_vectors(settings, snapshot_path, p["word_vectors"]),
                           word_vectors_cache=settings.home / "word-vectors", device=device, progress=progress)
     return {**result, "run_dir": str(run), "experiment_dir": str(out), "model_dir": str(out)}

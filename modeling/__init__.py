@@ -9,11 +9,15 @@ Stage functions (each takes plain arguments and returns a small, loggable summar
 - ``modeling.harness.reports.write_run_report``  a run's evaluations -> ``report.md`` + ``report.html`` + plots
 - ``modeling.search.SongSearch``         an image -> top-k songs (and a song -> top-k images), indexed
 
-Importing this package is cheap: torch and friends are imported by the submodules only, so
-nothing here should be imported by Airflow DAG files at parse time anyway.
+Importing this package is cheap (names and ``resolve_device``; torch and friends are imported by the
+submodules only): Airflow DAG files may read its names at parse time, never its submodules.
 """
 
 from __future__ import annotations
+
+# The baselines the harness trains beside the paper's model (``models.baselines``), by name; ``neighbours``
+# also enables the hybrid. Here, torch-free, so that the CLI and the DAG can validate choices cheaply.
+BASELINES = ("attentive-reader", "psi", "minilm", "conse", "control", "neighbours", "popularity")
 
 
 def resolve_device(device: str = "auto"):

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from modeling.harness import evaluation as ev  # noqa: E402
 from modeling.harness.data import Pairs, load_split, validation_mask  # noqa: E402
 from modeling.harness.training import _loss, derangement, fit_joint, train_models  # noqa: E402
+from modeling.models.baselines.neighbours import BANDWIDTH_GRID  # noqa: E402
 from modeling.word_vectors import load_word_vectors  # noqa: E402
 from synthetic_task import N_SONGS, synthetic_task  # noqa: E402
 
@@ -147,6 +148,19 @@ def test_training_is_seeded_and_saves_its_configuration(task, glove, tmp_path):
         train_models(snap, tags, tmp_path / "m3", **{**kw, "loss": "infonce"})
 
 
+def test_bilstm_models_have_their_own_epoch_cap_and_the_hybrid_takes_any_lyric_model(task, glove, tmp_path):
+    _, snap, tags = task
+    train_models(snap, tags, tmp_path / "m", split="b", models=("paper", "psi"), epochs=3, bilstm_epochs=1, patience=10,
+                 seed=0, word_vectors=glove, hidden=8, mlp_hidden=16, device="cpu")
+    trained = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert len(trained["models"]["paper"]["history"]) == 1 and len(trained["models"]["psi"]["history"]) == 3
+    assert trained["config"]["bilstm_epochs"] == 1
+    # A hybrid over PSI trains no BiLSTM: the lyric side is chosen among the lyric models asked for.
+    train_models(snap, tags, tmp_path / "h", split="b", models=("psi", "hybrid"), epochs=1, seed=0, device="cpu")
+    hybrid = json.loads((tmp_path / "h" / "training.json").read_text())["models"]
+    assert "paper" not in hybrid and hybrid["hybrid"]["lyric_model"] == "psi"
+
+
 def test_derangement_moves_every_lyric():
     for n in (2, 3, 10, 101):
         d = derangement(n, seed=n)
@@ -185,11 +199,15 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
         evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
     first = stages.report(settings, evaluations, str(snap))
     b = evaluations[1]["models"]
-    assert set(b) == {"paper", "permuted", "attentive-reader", "psi", "minilm", "conse", "control", "popularity", "hybrid"}
-    assert evaluations[0]["models"]["control"] == {"not_applicable": "no test song has training images in split A"}
+    assert set(b) == {"paper", "permuted", "attentive-reader", "psi", "minilm", "conse", "control", "neighbours",
+                      "popularity", "hybrid"}
+    for history in ("control", "neighbours"):
+        assert evaluations[0]["models"][history] == {"not_applicable": "no test song has training images in split A"}
     training = json.loads((tmp_path / "runs" / snap.name / first_key(tmp_path, snap) / "imagenet" / "split-b" / "training.json").read_text())
     lyric = {n: r["best_validation_mrr"] for n, r in training["models"].items() if n in ("paper", "attentive-reader", "psi", "minilm")}
     assert training["models"]["hybrid"]["lyric_model"] == max(lyric, key=lyric.get)  # the best lyric model on validation
+    assert training["models"]["hybrid"]["bandwidth"] in BANDWIDTH_GRID
+    assert training["models"]["neighbours"]["bandwidth"] in BANDWIDTH_GRID
     for d in ("image_to_song", "song_to_image"):
         m = b["hybrid"][d]
         assert set(m["ci95"]) == set(m["model"]) and set(m["chance"]) == set(m["model"])
@@ -203,7 +221,7 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
     assert first["run_key"].startswith("p-") and (run / "run.json").exists()
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert "recall-imagenet-b-image_to_song.png" in pngs and "per-song-imagenet-a.png" in pngs
-    assert (run / "imagenet" / "split-b" / "per_song.csv").read_text().count("\n") == 9 * N_SONGS + 1
+    assert (run / "imagenet" / "split-b" / "per_song.csv").read_text().count("\n") == 10 * N_SONGS + 1
     assert set(first["headline"]) >= {"imagenet a paper", "imagenet b hybrid", "imagenet b control"}
 
     # Another run with other parameters gets its own folder; the snapshot's report lists both.

@@ -13,6 +13,7 @@ from modeling.lyric_encoder import pad_batch  # noqa: E402
 from modeling.models import rowwise_standardize, score_matrix  # noqa: E402
 from modeling.models.baselines.conse import ConseScorer  # noqa: E402
 from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
+from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_bandwidth  # noqa: E402
 from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
 from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
 from modeling.models.hybrid import fit_weight, fuse  # noqa: E402
@@ -178,6 +179,39 @@ def test_control_scores_by_the_songs_mean_training_image():
     expected = img @ mean_x / np.linalg.norm(img) / np.linalg.norm(mean_x)
     assert scores[0, 0] == pytest.approx(expected, rel=1e-5)
     assert np.isnan(scores[0, 2])  # no history: no score (ranked last; the hybrid falls back to the lyrics)
+
+
+def test_neighbours_score_a_kernel_density_over_the_songs_training_images():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(T) * 0.2, 7).astype(np.float32)
+    space = ImageSpace.fit(probs)
+    ids = ["y", "x", "y", "z", "x", "y", "z"]  # unsorted on purpose: the index groups them by song
+    nb = ImageHistoryNeighbours.build(probs, ids, space, bandwidth=0.2)
+    query = rng.dirichlet(np.ones(T) * 0.2, 3).astype(np.float32)
+    scores = nb.score(query, ["z", "new", "x", "y"], None)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    cos = unit(space.transform(query)) @ unit(space.transform(probs)).T
+    for j, song in [(0, "z"), (2, "x"), (3, "y")]:
+        mine = cos[:, [k for k, s in enumerate(ids) if s == song]]
+        np.testing.assert_allclose(scores[:, j], np.log(np.exp(mine / 0.2).sum(1)), rtol=1e-5)
+    assert np.isnan(scores[:, 1]).all()  # no history: no score
+    # The nearest neighbour decides at a small bandwidth: an image equal to one of y's training images
+    # finds y, even though y's mean training image is far from it.
+    odd = np.zeros((1, T), np.float32)
+    odd[0, 0] = 1.0
+    eye = np.eye(T, dtype=np.float32)
+    probs2 = np.stack([eye[1], eye[1], eye[1], odd[0], *(0.6 * odd[0] + 0.4 * eye[k] for k in (2, 3, 4))])
+    ids2 = ["y", "y", "y", "y", "x", "x", "x"]
+    space2 = ImageSpace.fit(probs2, "prob", center=False)
+    near = ImageHistoryNeighbours.build(probs2, ids2, space2, bandwidth=0.02).score(odd, ["x", "y"])
+    mean = ImageHistoryControl.build(probs2, ids2, space2).score(odd, ["x", "y"])
+    assert near[0, 1] > near[0, 0] and mean[0, 0] > mean[0, 1]
+    # The bandwidth is the grid value that maximises the objective.
+    best, grid = fit_bandwidth(nb, query, ["x", "y", "z"], lambda sc: float(sc[0, 0]))
+    assert best == max(grid, key=lambda b: (grid[b], b))
 
 
 def test_popularity_ranks_every_image_alike_by_posts_then_favorites():

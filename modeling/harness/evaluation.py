@@ -181,7 +181,7 @@ def direction_metrics(scores: np.ndarray, relevant: np.ndarray, ks=None, *, seed
     return d
 
 
-NOT_APPLICABLE = {"control": {"a": "no test song has training images in split A"}}
+NOT_APPLICABLE = {name: {"a": "no test song has training images in split A"} for name in ("control", "neighbours")}
 
 
 def evaluate_models(run_dir: str | os.PathLike, *, device: str = "auto", ks: Sequence[int] | None = None, seed: int = 0) -> dict:

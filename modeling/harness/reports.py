@@ -21,10 +21,12 @@ PAPER = {  # Image2song (ICCV 2017), Table 3, obj+attr tags, image -> song
 }
 METRICS = ("R@1", "R@3", "R@5", "R@10", "R@20", "R@50", "R@100", "MedR")
 DIRECTIONS = (("image_to_song", "image → song"), ("song_to_image", "song → image"))
-MODEL_ORDER = ("paper", "hybrid", "attentive-reader", "psi", "minilm", "conse", "control", "popularity", "permuted")
+MODEL_ORDER = ("paper", "hybrid", "attentive-reader", "psi", "minilm", "conse", "control", "neighbours", "popularity",
+               "permuted")
 LABELS = {
     "paper": "paper's model (BiLSTM)", "hybrid": "hybrid (lyrics + image history)", "attentive-reader": "Attentive Reader",
     "psi": "bag of words (PSI)", "minilm": "MiniLM + InfoNCE", "conse": "CONSE", "control": "lyric-free control",
+    "neighbours": "image-history neighbours (no lyrics)",
     "popularity": "popularity", "permuted": "permuted lyrics (control)",
 }
 
@@ -82,7 +84,7 @@ def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> lis
         lines += [f"## Tags {e['vocabulary']}, split {e['split'].upper()}", "",
                   f"{e['n_images']} test images, {e['n_songs']} test songs"
                   + (f"; the hybrid fuses {LABELS.get(e.get('hybrid_lyric_model'), e.get('hybrid_lyric_model'))} (weight "
-                     f"{e['hybrid_weight']:.2f}) with the control, both chosen on validation" if e.get("hybrid_weight") is not None else "")
+                     f"{e['hybrid_weight']:.2f}) with the image-history neighbours, both chosen on validation" if e.get("hybrid_weight") is not None else "")
                   + ".", ""]
         for key, title in DIRECTIONS:
             first = next((r[key] for r in e["models"].values() if key in r), None)

@@ -7,8 +7,8 @@
 - ``permuted``: the same model trained with the lyrics permuted among the training songs (a derangement)
   and evaluated with the true lyrics: the control that must sit at chance;
 - the baselines (``models.baselines``) and the ``hybrid``: the lyric model (of those trained: the paper's,
-  the Attentive Reader, PSI, MiniLM) with the best validation MRR fused with the lyric-free control, the
-  weight fitted on the validation part.
+  the Attentive Reader, PSI, MiniLM) with the best validation MRR fused with the lyric-free image-history
+  neighbours, the weight and the neighbours' bandwidth fitted together on the validation part.
 
 The loop (``fit_joint``) is shared by every trainable model: RMSprop, mini-batches of ``batch_size``
 (100, the paper) pairs, gradient-norm clipping at 5, at most ``epochs`` epochs with early stopping on
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modeling import resolve_device
+from modeling import BASELINES, resolve_device
 from modeling.harness.data import Pairs, SplitData, load_split
 from modeling.harness.evaluation import closest_relevant_rank, pairs_test_set
 from modeling.models import JointModule, save_scorer, score_matrix
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("mse", "cosine", "margin", "infonce")
 LYRIC_MODELS = ("paper", "attentive-reader", "psi", "minilm")
-BASELINES = ("attentive-reader", "psi", "minilm", "conse", "control", "popularity")
+BILSTM_MODELS = ("paper", "permuted", "attentive-reader")
 DEFAULT_MODELS = ("paper", "permuted", *BASELINES, "hybrid")
 
 
@@ -188,6 +188,7 @@ def train_models(
     attention: bool = True,
     tag_pooling: str = "mean",
     epochs: int = 30,
+    bilstm_epochs: int | None = None,
     patience: int = 3,
     batch_size: int = 100,
     lr: float = 1e-3,
@@ -201,11 +202,15 @@ def train_models(
     device: str = "auto",
     progress: bool = False,
 ) -> dict:
-    """Fit ``models`` on one split and vocabulary; write ``<name>.pt`` per model and ``training.json``."""
+    """Fit ``models`` on one split and vocabulary; write ``<name>.pt`` per model and ``training.json``.
+
+    ``bilstm_epochs`` caps the BiLSTM models (the paper's, the permuted control, the Attentive Reader), whose
+    epochs cost far more than the others', separately from ``epochs`` (None: ``epochs``)."""
     from modeling.models.baselines.attentive_reader import AttentiveReader
     from modeling.models.baselines.conse import ConseScorer
     from modeling.models.baselines.control import ImageHistoryControl
     from modeling.models.baselines.minilm import MiniLMScorer
+    from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_bandwidth
     from modeling.models.baselines.popularity import PopularityScorer
     from modeling.models.baselines.semantic_indexing import SemanticIndexing
     from modeling.models.hybrid import HybridScorer, fit_weight
@@ -228,9 +233,13 @@ def train_models(
     train_texts = data.texts(train_songs)
     val_songs = data.validation_songs
     val_ts = pairs_test_set(data.validation, val_songs, data.texts(val_songs), split, data.tag_names)
-    wv = load_word_vectors(word_vectors, cache_dir=word_vectors_cache) if {"paper", "permuted", "attentive-reader", "conse", "hybrid"} & set(models) else None
+    # The hybrid needs a lyric model: the paper's, unless another one is trained.
+    train_paper = "paper" in models or ("hybrid" in models and not set(LYRIC_MODELS) & set(models))
+    needs_vectors = train_paper or bool({"permuted", "attentive-reader", "conse"} & set(models))
+    wv = load_word_vectors(word_vectors, cache_dir=word_vectors_cache) if needs_vectors else None
     config = dict(split=split, vocabulary=vocabulary, models=list(models), loss=loss, attention=attention,
-                  tag_pooling=tag_pooling, epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, hidden=hidden,
+                  tag_pooling=tag_pooling, epochs=epochs, bilstm_epochs=bilstm_epochs or epochs, patience=patience,
+                  batch_size=batch_size, lr=lr, hidden=hidden,
                   mlp_hidden=mlp_hidden, margin=margin, negatives=negatives, seed=seed, word_vectors=str(word_vectors),
                   snapshot=str(snapshot_dir), tags_path=str(tags_path), device=str(resolve_device(device)))
     log.info("training split %s, vocabulary %s: %d train pairs (%d songs), %d validation pairs, models %s",
@@ -242,14 +251,15 @@ def train_models(
     def train_joint(name, scorer, model_loss, texts=train_texts):
         t0 = time.perf_counter()
         val = (scorer.prepare(val_ts.song_texts), len(val_ts.song_ids), val_ts.image_probs, val_ts.relevant)
+        kw = {**fit_kw, "epochs": bilstm_epochs or epochs} if name in BILSTM_MODELS else fit_kw
         out = fit_joint(scorer.module, scorer.prepare(texts), song_rows, data.train, validation=val, loss=model_loss,
-                        name=name, **fit_kw)
+                        name=name, **kw)
         scorer.module.cpu()
         results[name] = {**out, "loss": model_loss, "config": scorer.config, "seconds": round(time.perf_counter() - t0, 2)}
         fitted[name] = scorer
 
     paper_kw = dict(hidden=hidden, attention=attention, mlp_hidden=mlp_hidden, tag_pooling=tag_pooling)
-    if {"paper", "hybrid"} & set(models):
+    if train_paper:
         train_joint("paper", PaperModel.build(all_texts, data.tag_names, wv, data.train.probs, **paper_kw), loss)
     if "permuted" in models:
         shuffled = [train_texts[j] for j in derangement(len(train_texts), seed)] if len(train_texts) > 1 else train_texts
@@ -264,21 +274,34 @@ def train_models(
     if "conse" in models:
         fitted["conse"] = ConseScorer.build(all_texts, data.tag_names, wv)
     space = ImageSpace.fit(data.train.probs)
-    if {"control", "hybrid"} & set(models):
-        # At test time a song's history is all its training images, validation ones included (no test image).
-        fitted["control"] = ImageHistoryControl.build(np.concatenate([data.train.probs, data.validation.probs]),
-                                                      data.train.song_ids + data.validation.song_ids, space)
+    # At test time a song's history is all its training images, validation ones included (no test image);
+    # on validation, the training images only.
+    history_probs = np.concatenate([data.train.probs, data.validation.probs])
+    history_ids = data.train.song_ids + data.validation.song_ids
+    if "control" in models:
+        fitted["control"] = ImageHistoryControl.build(history_probs, history_ids, space)
+    if {"neighbours", "hybrid"} & set(models):
+        val_history = ImageHistoryNeighbours.build(data.train.probs, data.train.song_ids, space)
+        val_mrr = lambda s: mean_reciprocal_rank(s, val_ts.relevant)  # noqa: E731
+        bandwidth, grid = fit_bandwidth(val_history, val_ts.image_probs, val_ts.song_ids, val_mrr)
+        fitted["neighbours"] = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
+        results["neighbours"] = {"bandwidth": bandwidth, "validation_mrr_by_bandwidth": grid}
     if "popularity" in models:
         fitted["popularity"] = PopularityScorer.build(data.posts["song_id"].tolist(), data.posts["favorite_count"].fillna(0).tolist())
     if "hybrid" in models:
-        # The lyric side: the trained lyric model with the best validation MRR (the permuted control aside).
+        # The lyric side: the trained lyric model with the best validation MRR (the permuted control aside);
+        # the history side: the neighbours, their bandwidth fitted with the weight.
         lyric = max((n for n in LYRIC_MODELS if n in fitted), key=lambda n: results[n]["best_validation_mrr"])
-        train_history = ImageHistoryControl.build(data.train.probs, data.train.song_ids, space)
         lyric_val = fitted[lyric].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
-        control_val = train_history.score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
-        weight, grid = fit_weight(lyric_val, control_val, lambda s: mean_reciprocal_rank(s, val_ts.relevant))
-        fitted["hybrid"] = HybridScorer(fitted[lyric], fitted["control"], weight)
-        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "validation_mrr_by_weight": grid}
+        sims = val_history.similarities(val_ts.image_probs)
+        best = None
+        for b in BANDWIDTH_GRID:
+            weight, by_weight = fit_weight(lyric_val, val_history.score_from(sims, val_ts.song_ids, b), val_mrr)
+            if best is None or (by_weight[weight], b) > (best[2][best[1]], best[0]):
+                best = (b, weight, by_weight)
+        b, weight, by_weight = best
+        fitted["hybrid"] = HybridScorer(fitted[lyric], ImageHistoryNeighbours.build(history_probs, history_ids, space, b), weight)
+        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "bandwidth": b, "validation_mrr_by_weight": by_weight}
     paths = {}
     for name in models:
         paths[name] = str(save_scorer(fitted[name], out_dir / f"{name}.pt"))

@@ -22,9 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("paper", "attentive-reader", "psi", "minilm", "conse", "control", "popularity", "hybrid", "permuted")
-
-
 class JointModule(nn.Module):
     """Images and songs in one space; see the package docstring."""
 

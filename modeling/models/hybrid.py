@@ -1,11 +1,13 @@
 """Beyond the paper: fuse the lyric model with the song's image history.
 
-``score = w * z(lyric) + (1 - w) * z(control)``, where ``z`` standardises each image's scores over the
+``score = w * z(lyric) + (1 - w) * z(history)``, where ``z`` standardises each image's scores over the
 candidate songs, ``lyric`` is a lyric model (the harness takes the one with the best validation score)
-and ``control`` is the lyric-free control (cosine to the mean tag vector of the song's
-training images). A song without training images (a new song, split A) has no control score: its control
-term is the average, 0, so it is scored by ``w * z(lyric)``, the lyrics alone (where every song is new the
-ranking is the lyric model's; beside songs with a history, a new song needs stronger lyric evidence). ``w`` is fitted on the validation part of train (``fit_weight``)."""
+and ``history`` a lyric-free image-history scorer (the harness uses ``neighbours``, a kernel density over
+the song's training images). A song without training images (a new song, split A) has no history score:
+its history term is the average, 0, so it is scored by ``w * z(lyric)``, the lyrics alone (where every
+song is new the ranking is the lyric model's; beside songs with a history, a new song needs stronger
+lyric evidence). ``w`` (and the history's bandwidth) are fitted on the validation part of train
+(``fit_weight``)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from modeling.models import rowwise_standardize
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
-def fuse(lyric: np.ndarray, control: np.ndarray, weight: float) -> np.ndarray:
+def fuse(lyric: np.ndarray, history: np.ndarray, weight: float) -> np.ndarray:
     zl = rowwise_standardize(lyric)
-    c = np.asarray(control, dtype=np.float64)
+    c = np.asarray(history, dtype=np.float64)
     known = ~np.isnan(c)
     if not known.any():
         return zl
@@ -28,13 +30,13 @@ def fuse(lyric: np.ndarray, control: np.ndarray, weight: float) -> np.ndarray:
     zc = np.zeros_like(zl)
     if cols.any():
         zc[:, cols] = rowwise_standardize(c[:, cols])
-    # A song without history has no control evidence: its control term is the average, 0.
+    # A song without history has no history evidence: its history term is the average, 0.
     return np.where(cols[None, :], weight * zl + (1.0 - weight) * zc, weight * zl)
 
 
-def fit_weight(lyric: np.ndarray, control: np.ndarray, objective: Callable[[np.ndarray], float]) -> tuple[float, dict]:
+def fit_weight(lyric: np.ndarray, history: np.ndarray, objective: Callable[[np.ndarray], float]) -> tuple[float, dict]:
     """The grid weight with the highest ``objective(fused scores)`` (ties: the larger lyric weight)."""
-    results = {float(w): float(objective(fuse(lyric, control, float(w)))) for w in WEIGHT_GRID}
+    results = {float(w): float(objective(fuse(lyric, history, float(w)))) for w in WEIGHT_GRID}
     best = max(results, key=lambda w: (results[w], w))
     return best, results
 
@@ -42,9 +44,9 @@ def fit_weight(lyric: np.ndarray, control: np.ndarray, objective: Callable[[np.n
 class HybridScorer:
     name = "hybrid"
 
-    def __init__(self, lyric, control, weight: float):
-        self.lyric, self.control, self.weight = lyric, control, float(weight)
+    def __init__(self, lyric, history, weight: float):
+        self.lyric, self.history, self.weight = lyric, history, float(weight)
 
     def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str]) -> np.ndarray:
         return fuse(self.lyric.score(image_probs, song_ids, song_texts),
-                    self.control.score(image_probs, song_ids, song_texts), self.weight)
+                    self.history.score(image_probs, song_ids, song_texts), self.weight)

@@ -2,6 +2,7 @@
 song_texts)`` as the paper's model:
 
 - ``control``: the lyric-free control, cosine to the mean tag vector of the song's training images;
+- ``neighbours``: lyric-free too, a kernel density over the song's training images (the hybrid's history side);
 - ``popularity``: the same ranking for every image, by the song's posts and favorites;
 - ``conse``: CONSE, pooled word vectors of the lyric against the top tags' name vectors (no training);
 - ``semantic_indexing``: bag of words, polynomial (degree-2, low-rank) supervised semantic indexing;
