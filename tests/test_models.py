@@ -13,7 +13,7 @@ from modeling.lyric_encoder import pad_batch  # noqa: E402
 from modeling.models import rowwise_standardize, score_matrix  # noqa: E402
 from modeling.models.baselines.conse import ConseScorer  # noqa: E402
 from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
-from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_bandwidth  # noqa: E402
+from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_neighbours  # noqa: E402
 from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
 from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
 from modeling.models.hybrid import fit_weight, fuse  # noqa: E402
@@ -209,9 +209,10 @@ def test_neighbours_score_a_kernel_density_over_the_songs_training_images():
     near = ImageHistoryNeighbours.build(probs2, ids2, space2, bandwidth=0.02).score(odd, ["x", "y"])
     mean = ImageHistoryControl.build(probs2, ids2, space2).score(odd, ["x", "y"])
     assert near[0, 1] > near[0, 0] and mean[0, 0] > mean[0, 1]
-    # The bandwidth is the grid value that maximises the objective.
-    best, grid = fit_bandwidth(nb, query, ["x", "y", "z"], lambda sc: float(sc[0, 0]))
-    assert best == max(grid, key=lambda b: (grid[b], b))
+    # The space and bandwidth are those that maximise the objective on validation.
+    spaces = [ImageSpace.fit(probs, "sqrt", True), ImageSpace.fit(probs, "logstd", True)]
+    space, bandwidth, grid = fit_neighbours(spaces, probs, ids, query, ["x", "y", "z"], lambda sc: float(sc[0, 0] - sc[0, 1]))
+    assert grid[f"{space.repr} b={bandwidth}"] == max(grid.values()) and len(grid) == 2 * len(BANDWIDTH_GRID)
 
 
 def test_popularity_ranks_every_image_alike_by_posts_then_favorites():

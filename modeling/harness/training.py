@@ -189,7 +189,7 @@ def train_models(
     tag_pooling: str = "mean",
     epochs: int = 30,
     bilstm_epochs: int | None = None,
-    patience: int = 3,
+    patience: int | None = None,
     batch_size: int = 100,
     lr: float = 1e-3,
     hidden: int = 64,
@@ -205,16 +205,18 @@ def train_models(
     """Fit ``models`` on one split and vocabulary; write ``<name>.pt`` per model and ``training.json``.
 
     ``bilstm_epochs`` caps the BiLSTM models (the paper's, the permuted control, the Attentive Reader), whose
-    epochs cost far more than the others', separately from ``epochs`` (None: ``epochs``)."""
+    epochs cost far more than the others', separately from ``epochs`` (None: ``epochs``). ``patience`` (None:
+    3 epochs for the BiLSTM models, 10 for the others, whose epochs cost seconds: a validation MRR over a few
+    hundred queries is noisy, and a short patience stops them early)."""
     from modeling.models.baselines.attentive_reader import AttentiveReader
     from modeling.models.baselines.conse import ConseScorer
     from modeling.models.baselines.control import ImageHistoryControl
     from modeling.models.baselines.minilm import MiniLMScorer
-    from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_bandwidth
+    from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_neighbours
     from modeling.models.baselines.popularity import PopularityScorer
     from modeling.models.baselines.semantic_indexing import SemanticIndexing
-    from modeling.models.hybrid import HybridScorer, fit_weight
-    from modeling.models.paper import ImageSpace, PaperModel
+    from modeling.models.hybrid import HybridScorer, fit_hybrid
+    from modeling.models.paper import VALIDATED_SPACES, ImageSpace, PaperModel
     from modeling.word_vectors import load_word_vectors
 
     unknown = sorted(set(models) - set(DEFAULT_MODELS))
@@ -244,19 +246,33 @@ def train_models(
                   snapshot=str(snapshot_dir), tags_path=str(tags_path), device=str(resolve_device(device)))
     log.info("training split %s, vocabulary %s: %d train pairs (%d songs), %d validation pairs, models %s",
              split, vocabulary, len(data.train), len(train_songs), len(data.validation), ", ".join(models))
-    fit_kw = dict(epochs=epochs, patience=patience, batch_size=batch_size, lr=lr, margin=margin, negatives=negatives,
-                  seed=seed, device=device, progress=progress)
+    fit_kw = dict(batch_size=batch_size, lr=lr, margin=margin, negatives=negatives, seed=seed, device=device,
+                  progress=progress)
     fitted, results = {}, {}
+    val_mrr = lambda s: mean_reciprocal_rank(s, val_ts.relevant)  # noqa: E731
 
     def train_joint(name, scorer, model_loss, texts=train_texts):
         t0 = time.perf_counter()
         val = (scorer.prepare(val_ts.song_texts), len(val_ts.song_ids), val_ts.image_probs, val_ts.relevant)
-        kw = {**fit_kw, "epochs": bilstm_epochs or epochs} if name in BILSTM_MODELS else fit_kw
+        bilstm = name in BILSTM_MODELS
         out = fit_joint(scorer.module, scorer.prepare(texts), song_rows, data.train, validation=val, loss=model_loss,
-                        name=name, **kw)
+                        name=name, epochs=(bilstm_epochs or epochs) if bilstm else epochs,
+                        patience=patience or (3 if bilstm else 10), **fit_kw)
         scorer.module.cpu()
         results[name] = {**out, "loss": model_loss, "config": scorer.config, "seconds": round(time.perf_counter() - t0, 2)}
         fitted[name] = scorer
+
+    # The models cheap to fit are fitted in each validated image space; the best on validation is kept.
+    spaces = [ImageSpace.fit(data.train.probs, r, c) for r, c in VALIDATED_SPACES]
+
+    def train_in_each_space(name, build, model_loss):
+        by_space = {}
+        for space in spaces:
+            train_joint(name, build(space), model_loss)
+            by_space[space.repr] = (results[name], fitted[name])
+        best = max(by_space, key=lambda r: by_space[r][0]["best_validation_mrr"])
+        results[name], fitted[name] = by_space[best]
+        results[name]["validation_mrr_by_space"] = {r: v[0]["best_validation_mrr"] for r, v in by_space.items()}
 
     paper_kw = dict(hidden=hidden, attention=attention, mlp_hidden=mlp_hidden, tag_pooling=tag_pooling)
     if train_paper:
@@ -268,40 +284,47 @@ def train_models(
         train_joint("attentive-reader", AttentiveReader.build(all_texts, data.tag_names, wv, data.train.probs,
                                                               hidden=hidden, mlp_hidden=mlp_hidden), loss)
     if "psi" in models:
-        train_joint("psi", SemanticIndexing.build(all_texts, data.tag_names, data.train.probs), "margin")
+        train_in_each_space("psi", lambda space: SemanticIndexing.build(all_texts, data.tag_names, data.train.probs,
+                                                                        image_space=space), "margin")
     if "minilm" in models:
-        train_joint("minilm", MiniLMScorer.build(data.tag_names, data.train.probs), "infonce")
+        lyric_cache: dict = {}  # the frozen encoder's lyric embeddings, shared by the spaces' fits
+
+        def minilm_in(space):
+            scorer = MiniLMScorer.build(data.tag_names, data.train.probs, image_space=space)
+            scorer.cache = lyric_cache
+            return scorer
+
+        train_in_each_space("minilm", minilm_in, "infonce")
     if "conse" in models:
         fitted["conse"] = ConseScorer.build(all_texts, data.tag_names, wv)
-    space = ImageSpace.fit(data.train.probs)
     # At test time a song's history is all its training images, validation ones included (no test image);
     # on validation, the training images only.
     history_probs = np.concatenate([data.train.probs, data.validation.probs])
     history_ids = data.train.song_ids + data.validation.song_ids
     if "control" in models:
+        by_space = {space.repr: val_mrr(ImageHistoryControl.build(data.train.probs, data.train.song_ids, space).score(
+            val_ts.image_probs, val_ts.song_ids)) for space in spaces}
+        space = next(sp for sp in spaces if sp.repr == max(by_space, key=by_space.get))
         fitted["control"] = ImageHistoryControl.build(history_probs, history_ids, space)
-    if {"neighbours", "hybrid"} & set(models):
-        val_history = ImageHistoryNeighbours.build(data.train.probs, data.train.song_ids, space)
-        val_mrr = lambda s: mean_reciprocal_rank(s, val_ts.relevant)  # noqa: E731
-        bandwidth, grid = fit_bandwidth(val_history, val_ts.image_probs, val_ts.song_ids, val_mrr)
+        results["control"] = {"image_space": space.repr, "validation_mrr_by_space": by_space}
+    if "neighbours" in models:
+        space, bandwidth, grid = fit_neighbours(spaces, data.train.probs, data.train.song_ids, val_ts.image_probs,
+                                                val_ts.song_ids, val_mrr)
         fitted["neighbours"] = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
-        results["neighbours"] = {"bandwidth": bandwidth, "validation_mrr_by_bandwidth": grid}
+        results["neighbours"] = {"image_space": space.repr, "bandwidth": bandwidth, "validation_mrr_by_setting": grid}
     if "popularity" in models:
         fitted["popularity"] = PopularityScorer.build(data.posts["song_id"].tolist(), data.posts["favorite_count"].fillna(0).tolist())
     if "hybrid" in models:
         # The lyric side: the trained lyric model with the best validation MRR (the permuted control aside);
-        # the history side: the neighbours, their bandwidth fitted with the weight.
+        # the history side: image-history neighbours, their space and bandwidth fitted with the weight.
         lyric = max((n for n in LYRIC_MODELS if n in fitted), key=lambda n: results[n]["best_validation_mrr"])
         lyric_val = fitted[lyric].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
-        sims = val_history.similarities(val_ts.image_probs)
-        best = None
-        for b in BANDWIDTH_GRID:
-            weight, by_weight = fit_weight(lyric_val, val_history.score_from(sims, val_ts.song_ids, b), val_mrr)
-            if best is None or (by_weight[weight], b) > (best[2][best[1]], best[0]):
-                best = (b, weight, by_weight)
-        b, weight, by_weight = best
-        fitted["hybrid"] = HybridScorer(fitted[lyric], ImageHistoryNeighbours.build(history_probs, history_ids, space, b), weight)
-        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "bandwidth": b, "validation_mrr_by_weight": by_weight}
+        space, bandwidth, weight, grid = fit_hybrid(lyric_val, spaces, data.train.probs, data.train.song_ids,
+                                                    val_ts.image_probs, val_ts.song_ids, val_mrr)
+        history = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
+        fitted["hybrid"] = HybridScorer(fitted[lyric], history, weight)
+        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "image_space": space.repr, "bandwidth": bandwidth,
+                             "validation_mrr_by_setting": grid}
     paths = {}
     for name in models:
         paths[name] = str(save_scorer(fitted[name], out_dir / f"{name}.pt"))

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from modeling.models import rowwise_standardize
+from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours
+from modeling.models.paper import ImageSpace
 
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
@@ -39,6 +41,24 @@ def fit_weight(lyric: np.ndarray, history: np.ndarray, objective: Callable[[np.n
     results = {float(w): float(objective(fuse(lyric, history, float(w)))) for w in WEIGHT_GRID}
     best = max(results, key=lambda w: (results[w], w))
     return best, results
+
+
+def fit_hybrid(lyric_val: np.ndarray, spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
+               val_probs: np.ndarray, val_song_ids: Sequence[str], objective: Callable[[np.ndarray], float],
+               bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, float, dict]:
+    """The history side's image space and bandwidth, and the weight, with the highest ``objective`` of the
+    fused validation scores (the history being the training images); and the best objective per space and
+    bandwidth, keyed ``"<repr> b=<bandwidth>"``."""
+    best, grid = None, {}
+    for space in spaces:
+        history = ImageHistoryNeighbours.build(train_probs, train_ids, space)
+        sims = history.similarities(val_probs)
+        for b in sorted(bandwidths, reverse=True):
+            weight, by_weight = fit_weight(lyric_val, history.score_from(sims, val_song_ids, b), objective)
+            grid[f"{space.repr} b={b}"] = by_weight[weight]
+            if best is None or by_weight[weight] > best[0]:
+                best = (by_weight[weight], space, b, weight)
+    return best[1], best[2], best[3], grid
 
 
 class HybridScorer:

@@ -12,6 +12,9 @@ a lyric onto a transformed copy of them and retrieval uses cosine similarity in 
 - ``"l2"``   probabilities divided by their L2 norm;
 - ``"logstd"`` ``log(p + 1e-6)`` standardised per tag (always centred).
 
+The BiLSTM models take the default; the models cheap to fit try each of ``VALIDATED_SPACES`` and keep
+the best on validation (``modeling.harness.training``).
+
 Measured (MSE, no attention, 20 epochs, mean of 3 seeds; R@1 / R@5 / MedR):
 
 - 415 real images (Tux Paint stamps, tagged by EfficientNet-Lite0) paired with 83 "songs" (fortune
@@ -49,6 +52,10 @@ from modeling.models import JointModule, score_matrix
 IMAGE_REPRS = ("sqrt", "prob", "l2", "logstd")
 DEFAULT_IMAGE_REPR = "sqrt"
 DEFAULT_CENTER = True
+# The image spaces (repr, centre) the harness tries on validation for the models that are cheap to fit
+# (PSI, MiniLM, the image-history scorers); which one is best depends on the tag vocabulary: sqrt +
+# centre on 1000 ImageNet probabilities, logstd on the research world's obj+attr scores.
+VALIDATED_SPACES = (("sqrt", True), ("logstd", True))
 TOP_K_TAGS = 5
 _LOG_EPS = 1e-6
 

@@ -72,9 +72,11 @@ class MiniLMScorer:
         return state
 
     @classmethod
-    def build(cls, tag_names: Sequence[str], train_probs: np.ndarray, **config) -> "MiniLMScorer":
-        space = ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
-        return cls(MiniLMModule(len(tag_names), space), dict(encoder="all-MiniLM-L6-v2", chunk_words=CHUNK_WORDS, **config))
+    def build(cls, tag_names: Sequence[str], train_probs: np.ndarray, *, image_space: ImageSpace | None = None,
+              **config) -> "MiniLMScorer":
+        space = image_space or ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
+        return cls(MiniLMModule(len(tag_names), space),
+                   dict(encoder="all-MiniLM-L6-v2", chunk_words=CHUNK_WORDS, image_repr=space.repr, **config))
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         keys = [hashlib.sha1((t or "").encode()).hexdigest() for t in texts]

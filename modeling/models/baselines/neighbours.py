@@ -6,8 +6,8 @@ An image scores a song by a kernel density over that song's training images ``H(
 paper's model. A small bandwidth is the nearest neighbour (a song whose posts reuse one picture is found
 from that picture even when its other posts look different); a large one approaches the mean cosine,
 plus a log-count term: a song posted more often is more likely a priori (the Parzen-window classifier).
-The bandwidth is fitted on the validation part (``fit_bandwidth``). Like the control it never reads a
-lyric and scores NaN for a song without training images (split A)."""
+The image space and the bandwidth are fitted on the validation part (``fit_neighbours``). Like the
+control it never reads a lyric and scores NaN for a song without training images (split A)."""
 
 from __future__ import annotations
 
@@ -66,10 +66,19 @@ class ImageHistoryNeighbours:
         return self.score_from(self.similarities(image_probs), song_ids)
 
 
-def fit_bandwidth(history: ImageHistoryNeighbours, image_probs: np.ndarray, song_ids: Sequence[str],
-                  objective: Callable[[np.ndarray], float]) -> tuple[float, dict]:
-    """The grid bandwidth with the highest ``objective(scores)`` (ties: the larger, smoother one)."""
-    sims = history.similarities(image_probs)
-    results = {b: float(objective(history.score_from(sims, song_ids, b))) for b in BANDWIDTH_GRID}
-    best = max(results, key=lambda b: (results[b], b))
-    return best, results
+def fit_neighbours(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
+                   val_probs: np.ndarray, val_song_ids: Sequence[str], objective: Callable[[np.ndarray], float],
+                   bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, dict]:
+    """The image space and bandwidth with the highest ``objective(validation scores)``, the history being
+    the training images (ties: the earlier space, the larger, smoother bandwidth); and every grid score,
+    keyed ``"<repr> b=<bandwidth>"``."""
+    best, grid = None, {}
+    for space in spaces:
+        history = ImageHistoryNeighbours.build(train_probs, train_ids, space)
+        sims = history.similarities(val_probs)
+        for b in sorted(bandwidths, reverse=True):
+            value = float(objective(history.score_from(sims, val_song_ids, b)))
+            grid[f"{space.repr} b={b}"] = value
+            if best is None or value > best[0]:
+                best = (value, space, b)
+    return best[1], best[2], grid

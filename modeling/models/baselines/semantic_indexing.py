@@ -53,14 +53,14 @@ class SemanticIndexing:
 
     @classmethod
     def build(cls, texts: Sequence[str], tag_names: Sequence[str], train_probs: np.ndarray, *, dim: int = 64,
-              **config) -> "SemanticIndexing":
+              image_space: ImageSpace | None = None, **config) -> "SemanticIndexing":
         df = Counter(w for t in texts for w in set(tokenize(t)))
         words = {w: i + 1 for i, w in enumerate(sorted(df))}  # 0: a lyric with no word at all
         n = max(1, len(texts))
         idf = np.array([0.0] + [math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(df)], dtype=np.float32)
-        space = ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
+        space = image_space or ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
         module = SemanticIndexingModule(len(words) + 1, len(tag_names), space, dim)
-        return cls(module, words, idf, dict(dim=dim, n_words=len(words), **config))
+        return cls(module, words, idf, dict(dim=dim, n_words=len(words), image_repr=space.repr, **config))
 
     def prepare(self, texts: Sequence[str]) -> list[list[tuple[int, float]]]:
         """Each lyric as (word id, tf-idf) pairs, L2-normalised; words the snapshot did not have are dropped."""
