@@ -2,10 +2,11 @@
 their mean (the ``control``).
 
 An image scores a song by a kernel density over that song's training images ``H(s)``:
-``score(i, s) = log sum_{h in H(s)} exp(cos(i, h) / bandwidth)``, in the same ``ImageSpace`` as the
-paper's model. A small bandwidth is the nearest neighbour (a song whose posts reuse one picture is found
-from that picture even when its other posts look different); a large one approaches the mean cosine,
-plus a log-count term: a song posted more often is more likely a priori (the Parzen-window classifier).
+``score(i, s) = log mean_{h in H(s)} exp(cos(i, h) / bandwidth)``, in an ``ImageSpace`` like the paper's
+model's. A small bandwidth is the nearest neighbour (a song whose posts reuse one picture is found from
+that picture even when its other posts look different); a large one approaches the mean cosine. The
+mean, not the sum, keeps it free of a song's post count: a popularity prior belongs to ``popularity``
+(and split B holds out one test image per song, whatever its popularity).
 The image space and the bandwidth are fitted on the validation part (``fit_neighbours``). Like the
 control it never reads a lyric and scores NaN for a song without training images (split A)."""
 
@@ -55,7 +56,8 @@ class ImageHistoryNeighbours:
             return out
         z = sims.astype(np.float64) / b
         top = z.max(1, keepdims=True)  # log-sum-exp, stable
-        per_song = np.log(np.add.reduceat(np.exp(z - top), self.starts[:-1], axis=1)) + top  # [I, songs]
+        sums = np.add.reduceat(np.exp(z - top), self.starts[:-1], axis=1)
+        per_song = np.log(sums / np.diff(self.starts)) + top  # [I, songs]
         col = {s: k for k, s in enumerate(self.songs)}
         for j, s in enumerate(song_ids):
             if s in col:
