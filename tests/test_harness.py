@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from modeling.harness import evaluation as ev  # noqa: E402
 from modeling.harness.data import Pairs, load_split, validation_mask  # noqa: E402
-from modeling.harness.training import _loss, derangement, fit_joint, train_models  # noqa: E402
+from modeling.harness.training import LYRIC_MODELS, _loss, derangement, fit_joint, train_models  # noqa: E402
 from modeling.models.baselines.neighbours import BANDWIDTH_GRID  # noqa: E402
 from modeling.word_vectors import load_word_vectors  # noqa: E402
 from synthetic_task import N_SONGS, synthetic_task  # noqa: E402
@@ -208,13 +208,18 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
     assert training["models"]["hybrid"]["lyric_model"] == max(lyric, key=lyric.get)  # the best lyric model on validation
     assert training["models"]["hybrid"]["bandwidth"] in BANDWIDTH_GRID
     assert training["models"]["neighbours"]["bandwidth"] in BANDWIDTH_GRID
+    versus = evaluations[1]["hybrid_versus"]
+    assert set(versus) == {training["models"]["hybrid"]["lyric_model"], "control", "neighbours"}
+    # Split A: no history scorer applies, so the hybrid is compared with its lyric model alone.
+    assert len(evaluations[0]["hybrid_versus"]) == 1 and set(evaluations[0]["hybrid_versus"]) <= set(LYRIC_MODELS)
     for d in ("image_to_song", "song_to_image"):
         m = b["hybrid"][d]
         assert set(m["ci95"]) == set(m["model"]) and set(m["chance"]) == set(m["model"])
     md = open(first["report"]).read()
     html = open(first["report_html"]).read()
     for text in ("lyric-free control", "MiniLM", "CONSE", "Attentive Reader", "PSI", "popularity", "permuted lyrics",
-                 "*chance*", "split A", "split B", "image → song", "song → image", "The paper's numbers", "62.5"):
+                 "*chance*", "split A", "split B", "image → song", "song → image", "The paper's numbers", "62.5",
+                 "The hybrid against its parts", "image-history neighbours"):
         assert text in md, text
     assert "<table>" in html and "lyric-free control" in html
     run = tmp_path / "runs" / snap.name / first["run_key"]

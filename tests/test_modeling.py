@@ -126,3 +126,18 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_with_queries():
     width = lambda r: np.diff(ev.bootstrap_ci(r, ["R@10"])["R@10"])[0]  # noqa: E731
     assert width(large) < width(small) / 3
     assert ev.bootstrap_ci(np.ones(30, int), ["R@1"])["R@1"] == [100.0, 100.0]
+
+
+def test_paired_difference_sees_a_shift_that_separate_intervals_miss():
+    rng = np.random.default_rng(1)
+    base = rng.integers(1, 200, 600)
+    better = np.maximum(1, base - rng.integers(0, 6, 600))  # every query a few ranks better, or the same
+    paired = ev.paired_difference(better, base, ["R@10", "MedR"])
+    assert paired["R@10"]["difference"] == pytest.approx(ev.recall_at_k(better, 10) - ev.recall_at_k(base, 10))
+    assert paired["R@10"]["ci95"][0] > 0 and paired["MedR"]["ci95"][1] < 0  # shown better on both
+    apart = ev.bootstrap_ci(better, ["MedR"])["MedR"], ev.bootstrap_ci(base, ["MedR"])["MedR"]
+    assert apart[0][1] >= apart[1][0]  # while the two separate MedR intervals overlap
+    same = ev.paired_difference(base, base, ["R@10", "MedR"])
+    assert same["R@10"] == {"difference": 0.0, "ci95": [0.0, 0.0]} and same["MedR"]["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same queries"):
+        ev.paired_difference(base, base[:-1])

@@ -17,7 +17,9 @@ uniformly random ranking: with N candidates and m relevant ones, P(rank <= K) = 
 pooled over queries, ``(N + 1) / 2`` for m = 1.
 
 Confidence intervals: 95 % percentile bootstrap over queries (``BOOTSTRAP`` resamples, seeded), for
-every R@K and MedR.
+every R@K and MedR. Two models scored on the same queries are compared by a paired bootstrap of their
+difference (``paired_difference``: each resample draws the same queries for both), which is tighter
+than setting two separate intervals side by side; the hybrid is compared so with each of its parts.
 
 The evaluation is model-agnostic: ``evaluate_models`` scores every model of a trained experiment
 (``harness.training.train_models``) through the same ``score(image_probs, song_ids, song_texts)`` on
@@ -170,8 +172,28 @@ def bootstrap_ci(ranks: Sequence[int], ks: Sequence[str], *, n: int = BOOTSTRAP,
     sample = r[rng.integers(0, len(r), size=(n, len(r)))]
     out = {}
     for key in ks:
-        vals = np.median(sample, 1) if key == "MedR" else (sample <= int(key[2:])).mean(1) * 100.0
+        vals = _metric(sample, key)
         out[key] = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+    return out
+
+
+def _metric(sample: np.ndarray, key: str) -> np.ndarray:
+    return np.median(sample, -1) if key == "MedR" else (sample <= int(key[2:])).mean(-1) * 100.0
+
+
+def paired_difference(ranks_a: Sequence[int], ranks_b: Sequence[int], ks: Sequence[str] = ("R@10", "MedR"), *,
+                      n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """``a - b`` per metric over the same queries, with a 95 % paired-bootstrap interval: an interval
+    that excludes 0 says the two differ (for MedR, lower is better, so a negative difference favours a)."""
+    a, b = np.asarray(ranks_a), np.asarray(ranks_b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired ranks must cover the same queries: {a.shape} against {b.shape}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n, len(a)))
+    out = {}
+    for key in ks:
+        diff = _metric(a[idx], key) - _metric(b[idx], key)
+        out[key] = {"difference": float(_metric(a, key) - _metric(b, key)),
+                    "ci95": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]}
     return out
 
 
@@ -226,10 +248,16 @@ def evaluate_models(run_dir: str | os.PathLike, *, device: str = "auto", ks: Seq
             per_song.append({"model": name, "song_id": song, "song_to_image_rank": song_query.get(song),
                              "image_to_song_median_rank": float(np.median(mine)) if len(mine) else None,
                              "n_test_images": int(len(mine))})
+    # The hybrid against each of its parts and the lyric-free scorers, query by query.
+    hybrid_lyric = training["models"].get("hybrid", {}).get("lyric_model")
+    hybrid_versus = {other: {d: paired_difference(results["hybrid"][d]["ranks"], results[other][d]["ranks"], seed=seed)
+                             for d in ("image_to_song", "song_to_image")}
+                     for other in (hybrid_lyric, "control", "neighbours")
+                     if "hybrid" in results and other in results and "not_applicable" not in results[other]}
     evaluation = {"split": data.split, "vocabulary": data.vocabulary, "n_images": len(ts.image_sha256),
                   "n_songs": len(ts.song_ids), "n_untagged": data.n_untagged, "config": cfg,
                   "hybrid_weight": training["models"].get("hybrid", {}).get("weight"),
-                  "hybrid_lyric_model": training["models"].get("hybrid", {}).get("lyric_model"),
+                  "hybrid_lyric_model": hybrid_lyric, "hybrid_versus": hybrid_versus,
                   "training": {k: {kk: v.get(kk) for kk in ("best_epoch", "best_validation_mrr", "seconds", "loss")}
                                for k, v in training["models"].items() if "history" in v},
                   "models": results, "seconds": round(time.perf_counter() - t0, 2)}

@@ -104,10 +104,29 @@ def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> lis
             lines.append("")
         if plots and (e["vocabulary"], e["split"], "per_song") in plots:
             lines += [f"Per-song ranks: ![per song]({plots[(e['vocabulary'], e['split'], 'per_song')]})", ""]
+        lines += hybrid_comparison(e)
         na = [f"{LABELS.get(n, n)}: {r['not_applicable']}" for n, r in e["models"].items() if "not_applicable" in r]
         if na:
             lines += ["n/a: " + "; ".join(na) + ".", ""]
     return lines
+
+
+def hybrid_comparison(e: dict) -> list[str]:
+    """The hybrid minus each of its parts, image -> song, with paired-bootstrap intervals."""
+    versus = e.get("hybrid_versus") or {}
+    if not versus:
+        return []
+    lines = ["### The hybrid against its parts (image → song, paired bootstrap over the same queries)", "",
+             "| hybrid minus | R@10 (points) | MedR (ranks) | verdict |", "|---|---:|---:|---|"]
+    for other, d in versus.items():
+        r, m = d["image_to_song"]["R@10"], d["image_to_song"]["MedR"]
+        better = [name for name, ok in (("R@10", r["ci95"][0] > 0), ("MedR", m["ci95"][1] < 0)) if ok]
+        worse = [name for name, ok in (("R@10", r["ci95"][1] < 0), ("MedR", m["ci95"][0] > 0)) if ok]
+        verdict = ("better on " + " and ".join(better) if better else "") + ("; " if better and worse else "") + \
+                  ("worse on " + " and ".join(worse) if worse else "")
+        lines.append(f"| {LABELS.get(other, other)} | {r['difference']:+.1f} [{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}] | "
+                     f"{m['difference']:+.1f} [{m['ci95'][0]:+.1f}, {m['ci95'][1]:+.1f}] | {verdict or 'no difference shown'} |")
+    return lines + [""]
 
 
 def plot_run(run_dir: str | os.PathLike, evaluations: list[dict]) -> dict:
