@@ -86,12 +86,13 @@ print(json.dumps(verdicts))
 def test_train_params_are_validated(tmp_path):
     settings = Settings.from_env({"IMAGE2SONG_HOME": str(tmp_path)})
     confs = {"defaults": {}, "chosen": {"model": "bilstm", "loss": "margin", "tag_vocabularies": ["obj+attr"],
-                                        "epochs": 3, "seed": 7, "baselines": ["conse"], "word_vectors": "x.bin"},
+                                        "epochs": 3, "bilstm_epochs": 2, "seed": 7, "baselines": ["conse", "neighbours"],
+                                        "word_vectors": "x.bin"},
              "baselines everywhere": {"tag_vocabularies": ["attr", "imagenet"], "baselines_on": "every"},
              "bad loss": {"loss": "hinge"}, "bad model": {"model": "transformer"}, "bad vocabulary": {"tag_vocabularies": ["colors"]},
              "bad repeated vocabulary": {"tag_vocabularies": ["obj", "obj"]}, "bad no vocabulary": {"tag_vocabularies": []},
              "bad baselines_on": {"baselines_on": "some"},
-             "bad baseline": {"baselines": ["bm25"]}, "zero epochs": {"epochs": 0}}
+             "bad baseline": {"baselines": ["bm25"]}, "zero epochs": {"epochs": 0}, "zero bilstm epochs": {"bilstm_epochs": 0}}
     result = subprocess.run([sys.executable, "-c", PARAMS, json.dumps(confs)], cwd=PROJECT_ROOT,
                             env=airflow_environment(settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -124,7 +125,9 @@ def test_the_train_dag_reports_the_paper_model_on_the_paper_vocabularies_by_defa
     assert stages.experiment_models(p, "obj+attr")[:2] == ["paper", "permuted"] and "hybrid" in stages.experiment_models(p, "obj+attr")
     every = stages.train_params(settings, {"baselines_on": "every", "baselines": ["conse"]})
     assert stages.experiment_models(every, "attr") == ["paper", "permuted", "conse"]
-    for bad in ({"tag_vocabularies": ["obj", "obj"]}, {"baselines_on": "some"}, {"tag_vocabularies": []}):
+    assert "hybrid" not in stages.experiment_models(stages.train_params(settings, {"baselines": ["control"]}), "obj+attr")
+    for bad in ({"tag_vocabularies": ["obj", "obj"]}, {"baselines_on": "some"}, {"tag_vocabularies": []},
+                {"baselines": ["bm25"]}):
         with pytest.raises(ValueError):
             stages.train_params(settings, bad)
 
