@@ -163,7 +163,15 @@ def test_pixel_attributes_on_known_images():
 def test_extract_tags_vocabularies_errors_and_determinism(images, tmp_path):
     store, good, bad = images
     snap = write_snapshot(tmp_path / "snap-1", good + list(bad.values()))
-    out = extract_tags(snap, store, tmp_path / "tags", tmp_path / "views", device="cpu", batch_size=4, progress=False)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 would: the tagging may use more, but gives them back
+    try:
+        out = extract_tags(snap, store, tmp_path / "tags", tmp_path / "views", device="cpu", batch_size=4, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
     assert set(out["tags_paths"]) == set(VOCABULARIES)
     assert out["attempted"] == 10 and out["failed"] == 3 and out["tagged"] == 7 and out["reused"] == 0

@@ -52,8 +52,19 @@ def tag_batches(items: list[tuple[str, str]], object_store_root, backend: TagBac
 
     device = backend.device
     n_workers, threads = plan_workers(device, workers)
+    threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
+    try:
+        yield from _tag_loader(items, object_store_root, backend, batch_size, n_workers, decode)
+    finally:  # the process's thread count is its owner's (a training after the tagging, OMP_NUM_THREADS)
+        torch.set_num_threads(threads_before)
+
+
+def _tag_loader(items, object_store_root, backend: TagBackend, batch_size: int, n_workers: int, decode: str):
+    import torch
+
+    device = backend.device
     on_gpu = decode == "gpu" or (decode == "auto" and device.type == "cuda")
     dataset_type = BytesDataset if on_gpu else BatchDataset
     dataset = dataset_type(items, object_store_root, batch_size, backend.geometry)
