@@ -6,8 +6,8 @@ and ``history`` a lyric-free image-history scorer (the harness uses ``neighbours
 the song's training images). A song without training images (a new song, split A) has no history score:
 its history term is the average, 0, so it is scored by ``w * z(lyric)``, the lyrics alone (where every
 song is new the ranking is the lyric model's; beside songs with a history, a new song needs stronger
-lyric evidence). ``w`` (and the history's bandwidth) are fitted on the validation part of train
-(``fit_weight``)."""
+lyric evidence). ``w``, the history's image space and its bandwidth are fitted together on the validation
+part of train (``fit_hybrid``)."""
 
 from __future__ import annotations
 
