@@ -16,7 +16,7 @@ from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
 from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_neighbours  # noqa: E402
 from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
 from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
-from modeling.models.hybrid import fit_weight, fuse  # noqa: E402
+from modeling.models.hybrid import fit_hybrid, fit_weight, fuse  # noqa: E402
 from modeling.models.paper import Image2SongModel, ImageSpace  # noqa: E402
 
 T = 30  # tags in the toy models
@@ -255,6 +255,22 @@ def test_hybrid_fuses_standardised_scores_and_falls_back_to_lyrics():
     relevant = np.array([[False, True, False], [True, False, False]])
     w, grid = fit_weight(lyric, control, lambda s: float((s[relevant] - s[~relevant].reshape(2, 2).max(1)).mean()))
     assert w == max(grid, key=lambda k: (grid[k], k)) and w < 0.5  # the control knows better here
+
+
+def test_hybrid_fits_the_history_space_bandwidth_and_weight_together():
+    rng = np.random.default_rng(3)
+    songs = [f"s{k}" for k in range(6)]
+    centers = rng.dirichlet(np.ones(T) * 0.1, len(songs)).astype(np.float32)
+    train = np.concatenate([np.clip(c + rng.normal(0, 0.01, (4, T)), 1e-4, None) for c in centers]).astype(np.float32)
+    ids = [s for s in songs for _ in range(4)]
+    val = np.clip(centers + rng.normal(0, 0.01, centers.shape), 1e-4, None).astype(np.float32)
+    relevant = np.eye(len(songs), dtype=bool)
+    lyric = rng.normal(size=(len(songs), len(songs)))  # lyrics that know nothing here
+    spaces = [ImageSpace.fit(train, "sqrt", True), ImageSpace.fit(train, "logstd", True)]
+    objective = lambda sc: float(np.mean(np.argsort(-sc, 1)[:, 0] == np.arange(len(songs))))  # noqa: E731
+    space, bandwidth, weight, grid = fit_hybrid(lyric, spaces, train, ids, val, songs, objective)
+    assert weight < 0.5 and grid[f"{space.repr} b={bandwidth}"] == max(grid.values()) == 1.0
+    assert len(grid) == len(spaces) * len(BANDWIDTH_GRID)
 
 
 def test_bilstm_without_packing_equals_the_packed_bilstm():
