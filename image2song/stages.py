@@ -512,7 +512,7 @@ def report(settings: Settings, evaluations: list[dict], snapshot_path: str) -> d
              "|---|---|---|---:|---:|---:|---:|"]
     headlines = {}
     for e in out["evaluations"]:
-        for model in ("paper", "hybrid", "conse", "control"):
+        for model in ("paper", "hybrid", "conse", "control", "neighbours"):
             h = headline(e, model)
             if h is None:
                 continue

@@ -227,7 +227,7 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert "recall-imagenet-b-image_to_song.png" in pngs and "per-song-imagenet-a.png" in pngs
     assert (run / "imagenet" / "split-b" / "per_song.csv").read_text().count("\n") == 10 * N_SONGS + 1
-    assert set(first["headline"]) >= {"imagenet a paper", "imagenet b hybrid", "imagenet b control"}
+    assert set(first["headline"]) >= {"imagenet a paper", "imagenet b hybrid", "imagenet b control", "imagenet b neighbours"}
 
     # Another run with other parameters gets its own folder; the snapshot's report lists both.
     other = stages.train(settings, str(snap), {"imagenet": str(tags)}, split="b", vocabulary="imagenet",
