@@ -197,7 +197,8 @@ def cmd_tags(args, settings: Settings) -> int:
 
 def _train_args(args) -> dict:
     return {"model": args.model, "loss": args.loss, "tag_vocabularies": args.vocabulary, "word_vectors": args.word_vectors,
-            "epochs": args.epochs, "bilstm_epochs": args.bilstm_epochs, "seed": args.seed, "baselines": args.baselines, "baselines_on": args.baselines_on}
+            "epochs": args.epochs, "bilstm_epochs": args.bilstm_epochs, "seed": args.seed, "baselines": args.baselines,
+            "baselines_on": args.baselines_on}
 
 
 def cmd_train(args, settings: Settings) -> int:

@@ -312,7 +312,7 @@ def train_models(
     if "control" in models:
         by_space = {space.repr: val_objective(ImageHistoryControl.build(data.train.probs, data.train.song_ids, space).score(
             val_ts.image_probs, val_ts.song_ids)) for space in spaces}
-        space = next(sp for sp in spaces if sp.repr == max(by_space, key=by_space.get))
+        space = max(spaces, key=lambda sp: by_space[sp.repr])
         fitted["control"] = ImageHistoryControl.build(history_probs, history_ids, space)
         results["control"] = {"image_space": space.repr, "validation_objective_by_space": by_space}
     if "neighbours" in models:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from modeling.models import rowwise_standardize
-from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours
+from modeling.models.baselines.neighbours import BANDWIDTH_GRID, history_grid
 from modeling.models.paper import ImageSpace
 
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
@@ -50,14 +50,11 @@ def fit_hybrid(lyric_val: np.ndarray, spaces: Sequence[ImageSpace], train_probs:
     fused validation scores (the history being the training images); and the best objective per space and
     bandwidth, keyed ``"<repr> b=<bandwidth>"``."""
     best, grid = None, {}
-    for space in spaces:
-        history = ImageHistoryNeighbours.build(train_probs, train_ids, space)
-        sims = history.similarities(val_probs)
-        for b in sorted(bandwidths, reverse=True):
-            weight, by_weight = fit_weight(lyric_val, history.score_from(sims, val_song_ids, b), objective)
-            grid[f"{space.repr} b={b}"] = by_weight[weight]
-            if best is None or by_weight[weight] > best[0]:
-                best = (by_weight[weight], space, b, weight)
+    for space, b, history in history_grid(spaces, train_probs, train_ids, val_probs, val_song_ids, bandwidths):
+        weight, by_weight = fit_weight(lyric_val, history, objective)
+        value = grid[f"{space.repr} b={b}"] = by_weight[weight]
+        if best is None or value > best[0]:
+            best = (value, space, b, weight)
     return best[1], best[2], best[3], grid
 
 

@@ -68,19 +68,26 @@ class ImageHistoryNeighbours:
         return self.score_from(self.similarities(image_probs), song_ids)
 
 
-def fit_neighbours(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
-                   val_probs: np.ndarray, val_song_ids: Sequence[str], objective: Callable[[np.ndarray], float],
-                   bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, dict]:
-    """The image space and bandwidth with the highest ``objective(validation scores)``, the history being
-    the training images (ties: the earlier space, the larger, smoother bandwidth); and every grid score,
-    keyed ``"<repr> b=<bandwidth>"``."""
-    best, grid = None, {}
+def history_grid(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
+                 val_probs: np.ndarray, val_song_ids: Sequence[str], bandwidths: Sequence[float] = BANDWIDTH_GRID):
+    """Yield ``(space, bandwidth, validation scores)`` of the neighbours over every setting of the grid, the
+    history being the training images; in tie-break order: the earlier space, the larger (smoother)
+    bandwidth first. The similarities are computed once per space."""
     for space in spaces:
         history = ImageHistoryNeighbours.build(train_probs, train_ids, space)
         sims = history.similarities(val_probs)
         for b in sorted(bandwidths, reverse=True):
-            value = float(objective(history.score_from(sims, val_song_ids, b)))
-            grid[f"{space.repr} b={b}"] = value
-            if best is None or value > best[0]:
-                best = (value, space, b)
+            yield space, b, history.score_from(sims, val_song_ids, b)
+
+
+def fit_neighbours(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
+                   val_probs: np.ndarray, val_song_ids: Sequence[str], objective: Callable[[np.ndarray], float],
+                   bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, dict]:
+    """The image space and bandwidth with the highest ``objective(validation scores)`` (ties: the first in
+    ``history_grid`` order); and every grid score, keyed ``"<repr> b=<bandwidth>"``."""
+    best, grid = None, {}
+    for space, b, scores in history_grid(spaces, train_probs, train_ids, val_probs, val_song_ids, bandwidths):
+        value = grid[f"{space.repr} b={b}"] = float(objective(scores))
+        if best is None or value > best[0]:
+            best = (value, space, b)
     return best[1], best[2], grid
