@@ -167,6 +167,54 @@ def test_image_space_reprs():
         ImageSpace.fit(p, "nope")
 
 
+def _pictures_under_noise(rng, n_songs: int, per_song: int):
+    """Tag scores whose song shows in a few weak tags and whose strong variation (the 'background',
+    drawn afresh for every image) says nothing of the song."""
+    tags = 40
+    picture = rng.normal(0, 1, (n_songs, 4))
+    logits = np.zeros((n_songs * per_song, tags))
+    song_of = np.repeat(np.arange(n_songs), per_song)
+    logits[:, :4] = picture[song_of] + rng.normal(0, 0.2, (len(song_of), 4))
+    logits[:, 4:] = rng.normal(0, 3, (len(song_of), tags - 4))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs.astype(np.float32), [f"s{k}" for k in song_of]
+
+
+def test_discriminant_space_keeps_what_separates_songs_and_drops_what_varies_within_one():
+    rng = np.random.default_rng(0)
+    probs, ids = _pictures_under_noise(rng, 30, 4)
+    base = ImageSpace.fit(probs, "logstd")
+    space = ImageSpace.fit_discriminant(probs, ids, dims=8)
+    assert space.label == "logstd+discriminant8" and space.dim(40) == 8
+    assert space.transform(probs).shape == (len(ids), 8)
+    np.testing.assert_allclose(space.torch_transform(torch.from_numpy(probs)).numpy(), space.transform(probs), atol=1e-4)
+    again = ImageSpace.from_dict(space.to_dict())
+    np.testing.assert_array_equal(again.transform(probs[:3]), space.transform(probs[:3]))
+
+    # New images of the same songs: the nearest training image is of the right song far more often.
+    queries, query_ids = _pictures_under_noise(np.random.default_rng(0), 30, 5)
+    queries, query_ids = queries[4::5], query_ids[4::5]  # the fifth image of each song, unseen in training
+
+    def nearest_right(sp):
+        a = sp.transform(queries)
+        b = sp.transform(probs)
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        return np.mean([ids[k] == q for k, q in zip((a @ b.T).argmax(1), query_ids)])
+
+    assert nearest_right(space) >= nearest_right(base) + 0.25
+
+
+def test_discriminant_space_dimension_stays_below_the_song_count_and_needs_two_songs():
+    rng = np.random.default_rng(1)
+    probs, ids = _pictures_under_noise(rng, 5, 3)
+    assert ImageSpace.fit_discriminant(probs, ids, dims=64).dim(40) == 4
+    one_each = ImageSpace.fit_discriminant(probs[::3], ids[::3], dims=3)  # no within-song scatter: PCA-like
+    assert np.isfinite(one_each.transform(probs)).all()
+    with pytest.raises(ValueError, match="two songs"):
+        ImageSpace.fit_discriminant(probs[:3], ids[:3])
+
+
 # ------------------------------------------------------------------ baselines
 def test_control_scores_by_the_songs_mean_training_image():
     rng = np.random.default_rng(0)

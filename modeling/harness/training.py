@@ -224,7 +224,7 @@ def train_models(
     from modeling.models.baselines.popularity import PopularityScorer
     from modeling.models.baselines.semantic_indexing import SemanticIndexing
     from modeling.models.hybrid import HybridScorer, fit_hybrid
-    from modeling.models.paper import VALIDATED_SPACES, ImageSpace, PaperModel
+    from modeling.models.paper import PaperModel, validated_spaces
     from modeling.word_vectors import load_word_vectors
 
     unknown = sorted(set(models) - set(DEFAULT_MODELS))
@@ -271,13 +271,13 @@ def train_models(
         fitted[name] = scorer
 
     # The models cheap to fit are fitted in each validated image space; the best on validation is kept.
-    spaces = [ImageSpace.fit(data.train.probs, r, c) for r, c in VALIDATED_SPACES]
+    spaces = validated_spaces(data.train.probs, data.train.song_ids)
 
     def train_in_each_space(name, build, model_loss):
         by_space = {}
         for space in spaces:
             train_joint(name, build(space), model_loss)
-            by_space[space.repr] = (results[name], fitted[name])
+            by_space[space.label] = (results[name], fitted[name])
         best = max(by_space, key=lambda r: by_space[r][0]["best_validation_mrr"])
         results[name], fitted[name] = by_space[best]
         results[name]["validation_mrr_by_space"] = {r: v[0]["best_validation_mrr"] for r, v in by_space.items()}
@@ -310,16 +310,18 @@ def train_models(
     history_probs = np.concatenate([data.train.probs, data.validation.probs])
     history_ids = data.train.song_ids + data.validation.song_ids
     if "control" in models:
-        by_space = {space.repr: val_objective(ImageHistoryControl.build(data.train.probs, data.train.song_ids, space).score(
-            val_ts.image_probs, val_ts.song_ids)) for space in spaces}
-        space = max(spaces, key=lambda sp: by_space[sp.repr])
+        # The control is the "mean tag vector": a tag space, not one learned from the songs.
+        tag_spaces = [space for space in spaces if space.projection is None]
+        by_space = {space.label: val_objective(ImageHistoryControl.build(data.train.probs, data.train.song_ids, space).score(
+            val_ts.image_probs, val_ts.song_ids)) for space in tag_spaces}
+        space = max(tag_spaces, key=lambda sp: by_space[sp.label])
         fitted["control"] = ImageHistoryControl.build(history_probs, history_ids, space)
-        results["control"] = {"image_space": space.repr, "validation_objective_by_space": by_space}
+        results["control"] = {"image_space": space.label, "validation_objective_by_space": by_space}
     if "neighbours" in models:
         space, bandwidth, grid = fit_neighbours(spaces, data.train.probs, data.train.song_ids, val_ts.image_probs,
                                                 val_ts.song_ids, val_objective)
         fitted["neighbours"] = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
-        results["neighbours"] = {"image_space": space.repr, "bandwidth": bandwidth, "validation_objective_by_setting": grid}
+        results["neighbours"] = {"image_space": space.label, "bandwidth": bandwidth, "validation_objective_by_setting": grid}
     if "popularity" in models:
         fitted["popularity"] = PopularityScorer.build(data.posts["song_id"].tolist(), data.posts["favorite_count"].fillna(0).tolist())
     if "hybrid" in models:
@@ -331,7 +333,7 @@ def train_models(
                                                     val_ts.image_probs, val_ts.song_ids, val_objective)
         history = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
         fitted["hybrid"] = HybridScorer(fitted[lyric], history, weight)
-        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "image_space": space.repr, "bandwidth": bandwidth,
+        results["hybrid"] = {"lyric_model": lyric, "weight": weight, "image_space": space.label, "bandwidth": bandwidth,
                              "validation_objective_by_setting": grid}
     paths = {}
     for name in models:

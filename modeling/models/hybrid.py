@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from modeling.models import rowwise_standardize
-from modeling.models.baselines.neighbours import BANDWIDTH_GRID, history_grid
+from modeling.models.baselines.neighbours import BANDWIDTH_GRID, history_grid, setting_key
 from modeling.models.paper import ImageSpace
 
 WEIGHT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
@@ -48,11 +48,11 @@ def fit_hybrid(lyric_val: np.ndarray, spaces: Sequence[ImageSpace], train_probs:
                bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, float, dict]:
     """The history side's image space and bandwidth, and the weight, with the highest ``objective`` of the
     fused validation scores (the history being the training images); and the best objective per space and
-    bandwidth, keyed ``"<repr> b=<bandwidth>"``."""
+    bandwidth, keyed by ``setting_key``."""
     best, grid = None, {}
     for space, b, history in history_grid(spaces, train_probs, train_ids, val_probs, val_song_ids, bandwidths):
         weight, by_weight = fit_weight(lyric_val, history, objective)
-        value = grid[f"{space.repr} b={b}"] = by_weight[weight]
+        value = grid[setting_key(space, b)] = by_weight[weight]
         if best is None or value > best[0]:
             best = (value, space, b, weight)
     return best[1], best[2], best[3], grid

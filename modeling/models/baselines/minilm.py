@@ -39,10 +39,10 @@ def chunks(text: str, size: int = CHUNK_WORDS) -> list[str]:
 
 
 class MiniLMModule(JointModule):
-    def __init__(self, n_tags: int, image_space: ImageSpace, hidden: int = 512):
+    def __init__(self, image_dim: int, image_space: ImageSpace, hidden: int = 512):
         super().__init__()
         self.image_space = image_space
-        self.project = nn.Sequential(nn.Linear(n_tags, hidden), nn.ReLU(), nn.Linear(hidden, DIM))
+        self.project = nn.Sequential(nn.Linear(image_dim, hidden), nn.ReLU(), nn.Linear(hidden, DIM))
 
     def image_side(self, probs):
         return self.project(self.image_space.torch_transform(probs))
@@ -75,8 +75,8 @@ class MiniLMScorer:
     def build(cls, tag_names: Sequence[str], train_probs: np.ndarray, *, image_space: ImageSpace | None = None,
               **config) -> "MiniLMScorer":
         space = image_space or ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
-        return cls(MiniLMModule(len(tag_names), space),
-                   dict(encoder="all-MiniLM-L6-v2", chunk_words=CHUNK_WORDS, image_repr=space.repr, **config))
+        return cls(MiniLMModule(space.dim(len(tag_names)), space),
+                   dict(encoder="all-MiniLM-L6-v2", chunk_words=CHUNK_WORDS, image_repr=space.label, **config))
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         keys = [hashlib.sha1((t or "").encode()).hexdigest() for t in texts]

@@ -68,6 +68,11 @@ class ImageHistoryNeighbours:
         return self.score_from(self.similarities(image_probs), song_ids)
 
 
+def setting_key(space: ImageSpace, bandwidth: float) -> str:
+    """How a grid setting is named in results: ``"<space label> b=<bandwidth>"``."""
+    return f"{space.label} b={bandwidth}"
+
+
 def history_grid(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_ids: Sequence[str],
                  val_probs: np.ndarray, val_song_ids: Sequence[str], bandwidths: Sequence[float] = BANDWIDTH_GRID):
     """Yield ``(space, bandwidth, validation scores)`` of the neighbours over every setting of the grid, the
@@ -84,10 +89,10 @@ def fit_neighbours(spaces: Sequence[ImageSpace], train_probs: np.ndarray, train_
                    val_probs: np.ndarray, val_song_ids: Sequence[str], objective: Callable[[np.ndarray], float],
                    bandwidths: Sequence[float] = BANDWIDTH_GRID) -> tuple[ImageSpace, float, dict]:
     """The image space and bandwidth with the highest ``objective(validation scores)`` (ties: the first in
-    ``history_grid`` order); and every grid score, keyed ``"<repr> b=<bandwidth>"``."""
+    ``history_grid`` order); and every grid score, keyed by ``setting_key``."""
     best, grid = None, {}
     for space, b, scores in history_grid(spaces, train_probs, train_ids, val_probs, val_song_ids, bandwidths):
-        value = grid[f"{space.repr} b={b}"] = float(objective(scores))
+        value = grid[setting_key(space, b)] = float(objective(scores))
         if best is None or value > best[0]:
             best = (value, space, b)
     return best[1], best[2], grid

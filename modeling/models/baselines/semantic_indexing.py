@@ -19,11 +19,11 @@ from modeling.models.paper import DEFAULT_CENTER, DEFAULT_IMAGE_REPR, ImageSpace
 
 
 class SemanticIndexingModule(JointModule):
-    def __init__(self, n_words: int, n_tags: int, image_space: ImageSpace, dim: int = 64):
+    def __init__(self, n_words: int, image_dim: int, image_space: ImageSpace, dim: int = 64):
         super().__init__()
         self.image_space = image_space
         self.words = nn.EmbeddingBag(n_words, dim, mode="sum")
-        self.tags = nn.Linear(n_tags, dim, bias=False)
+        self.tags = nn.Linear(image_dim, dim, bias=False)
         nn.init.normal_(self.words.weight, std=0.1)
 
     def image_side(self, probs):
@@ -59,8 +59,8 @@ class SemanticIndexing:
         n = max(1, len(texts))
         idf = np.array([0.0] + [math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(df)], dtype=np.float32)
         space = image_space or ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
-        module = SemanticIndexingModule(len(words) + 1, len(tag_names), space, dim)
-        return cls(module, words, idf, dict(dim=dim, n_words=len(words), image_repr=space.repr, **config))
+        module = SemanticIndexingModule(len(words) + 1, space.dim(len(tag_names)), space, dim)
+        return cls(module, words, idf, dict(dim=dim, n_words=len(words), image_repr=space.label, **config))
 
     def prepare(self, texts: Sequence[str]) -> list[list[tuple[int, float]]]:
         """Each lyric as (word id, tf-idf) pairs, L2-normalised; words the snapshot did not have are dropped."""
