@@ -161,6 +161,18 @@ def test_bilstm_models_have_their_own_epoch_cap_and_the_hybrid_takes_any_lyric_m
     assert "paper" not in hybrid and hybrid["hybrid"]["lyric_model"] == "psi"
 
 
+def test_cheap_models_try_the_discriminant_space_and_the_control_keeps_tag_spaces(task, tmp_path):
+    _, snap, tags = task
+    train_models(snap, tags, tmp_path / "m", split="b", models=("psi", "control", "neighbours"), epochs=1, seed=0,
+                 device="cpu")
+    trained = json.loads((tmp_path / "m" / "training.json").read_text())["models"]
+    tried = set(trained["psi"]["validation_mrr_by_space"])
+    assert {"sqrt", "logstd"} < tried and any("+discriminant" in label for label in tried)
+    assert trained["psi"]["config"]["image_repr"] in tried
+    assert set(trained["control"]["validation_objective_by_space"]) == {"sqrt", "logstd"}
+    assert any("+discriminant" in key for key in trained["neighbours"]["validation_objective_by_setting"])
+
+
 def test_derangement_moves_every_lyric():
     for n in (2, 3, 10, 101):
         d = derangement(n, seed=n)

@@ -11,6 +11,11 @@
   neighbours, the weight and the neighbours' image space and bandwidth fitted together on the validation
   part, to minimise the geometric mean rank (``negative_mean_log_rank``).
 
+PSI, MiniLM and the image-history scorers are fitted in each of ``models.paper.validated_spaces`` (two
+tag spaces and the discriminant space learned from the training songs' images) and keep the best on
+validation; the control keeps to the tag spaces (it is the mean *tag* vector), the BiLSTM models to the
+default space.
+
 The loop (``fit_joint``) is shared by every trainable model: RMSprop, mini-batches of ``batch_size``
 (100, the paper) pairs, gradient-norm clipping at 5, at most ``epochs`` epochs with early stopping on
 the validation part's image -> song mean reciprocal rank (``patience`` epochs without improvement; the

@@ -7,7 +7,8 @@ model's. A small bandwidth is the nearest neighbour (a song whose posts reuse on
 that picture even when its other posts look different); a large one approaches the mean cosine. The
 mean, not the sum, keeps it free of a song's post count: a popularity prior belongs to ``popularity``
 (and split B holds out one test image per song, whatever its popularity).
-The image space and the bandwidth are fitted on the validation part (``fit_neighbours``). Like the
+The image space (one of ``validated_spaces``: a tag space, or the discriminant space learned from the
+training songs' images) and the bandwidth are fitted on the validation part (``fit_neighbours``). Like the
 control it never reads a lyric and scores NaN for a song without training images (split A)."""
 
 from __future__ import annotations
