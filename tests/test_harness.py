@@ -303,3 +303,15 @@ def test_the_report_has_the_paper_model_on_every_vocabulary(task, tmp_path):
     assert {"obj a paper", "attr b paper", "obj+attr b conse"} <= set(summary["headline"])
     # Search takes the paper's model of the first vocabulary, the one every model was trained on.
     assert stages.latest_model(settings, str(snap), "b").endswith("obj+attr/split-b")
+
+
+def test_the_report_says_plainly_when_the_hybrid_is_one_of_its_sides():
+    from modeling.harness.reports import hybrid_sentence
+
+    e = {"split": "b", "hybrid_lyric_model": "psi"}
+    assert "weight 0.45" in hybrid_sentence({**e, "hybrid_weight": 0.45}) and "alone" not in hybrid_sentence({**e, "hybrid_weight": 0.45})
+    assert "history side alone" in hybrid_sentence({**e, "hybrid_weight": 0.0})
+    assert "lyric model alone" in hybrid_sentence({**e, "hybrid_weight": 1.0})
+    # On split A every song is new: the lyrics alone are the design, not a finding.
+    assert "alone" not in hybrid_sentence({**e, "split": "a", "hybrid_weight": 1.0})
+    assert hybrid_sentence({"split": "b", "hybrid_weight": None}) == ""

@@ -78,14 +78,25 @@ def vocabulary_table(evaluations: list[dict]) -> list[str]:
     return lines
 
 
+def hybrid_sentence(e: dict) -> str:
+    """What the hybrid of an evaluation is made of; a weight at either end of the grid is said plainly."""
+    weight = e.get("hybrid_weight")
+    if weight is None:
+        return ""
+    lyric = LABELS.get(e.get("hybrid_lyric_model"), e.get("hybrid_lyric_model"))
+    said = f"; the hybrid fuses {lyric} (weight {weight:.2f}) with the image-history neighbours, both chosen on validation"
+    if weight == 0.0:
+        said += " (weight 0: validation gave the lyrics no weight, so the hybrid is its history side alone)"
+    elif weight == 1.0 and e["split"] == "b":
+        said += " (weight 1: validation gave the history no weight, so the hybrid is its lyric model alone)"
+    return said
+
+
 def results_tables(evaluations: list[dict], *, plots: dict | None = None) -> list[str]:
     lines = []
     for e in evaluations:
         lines += [f"## Tags {e['vocabulary']}, split {e['split'].upper()}", "",
-                  f"{e['n_images']} test images, {e['n_songs']} test songs"
-                  + (f"; the hybrid fuses {LABELS.get(e.get('hybrid_lyric_model'), e.get('hybrid_lyric_model'))} (weight "
-                     f"{e['hybrid_weight']:.2f}) with the image-history neighbours, both chosen on validation" if e.get("hybrid_weight") is not None else "")
-                  + ".", ""]
+                  f"{e['n_images']} test images, {e['n_songs']} test songs{hybrid_sentence(e)}.", ""]
         for key, title in DIRECTIONS:
             first = next((r[key] for r in e["models"].values() if key in r), None)
             if first is None:
