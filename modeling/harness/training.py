@@ -11,10 +11,9 @@
   neighbours, the weight and the neighbours' image space and bandwidth fitted together on the validation
   part, to minimise the geometric mean rank (``negative_mean_log_rank``).
 
-PSI, MiniLM and the image-history scorers are fitted in each of ``models.paper.validated_spaces`` (two
+PSI, MiniLM, the control and the neighbours are fitted in each of ``models.paper.validated_spaces`` (two
 tag spaces and the discriminant space learned from the training songs' images) and keep the best on
-validation; the control keeps to the tag spaces (it is the mean *tag* vector), the BiLSTM models to the
-default space.
+validation; the BiLSTM models keep the default space.
 
 The loop (``fit_joint``) is shared by every trainable model: RMSprop, mini-batches of ``batch_size``
 (100, the paper) pairs, gradient-norm clipping at 5, at most ``epochs`` epochs with early stopping on
@@ -315,11 +314,9 @@ def train_models(
     history_probs = np.concatenate([data.train.probs, data.validation.probs])
     history_ids = data.train.song_ids + data.validation.song_ids
     if "control" in models:
-        # The control is the issue's "mean tag vector": a tag space, not one learned from the songs.
-        tag_spaces = [space for space in spaces if space.projection is None]
         by_space = {space.label: val_objective(ImageHistoryControl.build(data.train.probs, data.train.song_ids, space).score(
-            val_ts.image_probs, val_ts.song_ids)) for space in tag_spaces}
-        space = max(tag_spaces, key=lambda sp: by_space[sp.label])
+            val_ts.image_probs, val_ts.song_ids)) for space in spaces}
+        space = max(spaces, key=lambda sp: by_space[sp.label])
         fitted["control"] = ImageHistoryControl.build(history_probs, history_ids, space)
         results["control"] = {"image_space": space.label, "validation_objective_by_space": by_space}
     if "neighbours" in models:
