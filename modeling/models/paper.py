@@ -102,7 +102,7 @@ class ImageSpace:
         base = cls.fit(probs, repr, True)
         x = base.transform(probs).astype(np.float64)
         songs, song_of = np.unique(np.asarray(song_ids), return_inverse=True)
-        if len(x) < 2 or len(songs) < 2:
+        if len(songs) < 2:
             raise ValueError("a discriminant space needs images of at least two songs")
         offset = x.mean(0)
         x -= offset
