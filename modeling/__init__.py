@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # The baselines the harness trains beside the paper's model (``models.baselines``), by name; ``neighbours``
 # also enables the hybrid. Here, torch-free, so that the CLI and the DAG can validate choices cheaply.
-BASELINES = ("attentive-reader", "psi", "minilm", "conse", "control", "neighbours", "popularity")
+BASELINES = ("attentive-reader", "psi", "minilm", "topics", "conse", "control", "neighbours", "popularity")
 
 
 def resolve_device(device: str = "auto"):

@@ -22,6 +22,7 @@ Encoder (the paper's Sec. 4.2-4.3):
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,29 @@ LENGTH_CHUNK = 64  # lyrics per BiLSTM call when a batch is sorted by length (``
 def tokenize(text: str | None) -> list[str]:
     """``modeling_text`` is already lower-case tokens joined by spaces."""
     return (text or "").lower().split()
+
+
+def tfidf_vocabulary(texts: Iterable[str]) -> tuple[dict[str, int], np.ndarray]:
+    """Every word of ``texts`` -> its id (from 1; 0 stands for a lyric with no known word), and the
+    smoothed idf per id: ``log((1 + n) / (1 + df)) + 1`` (0 for id 0). No word vectors needed."""
+    texts = list(texts)
+    df = Counter(w for t in texts for w in set(tokenize(t)))
+    words = {w: i + 1 for i, w in enumerate(sorted(df))}
+    n = max(1, len(texts))
+    idf = np.array([0.0] + [math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(df)], dtype=np.float32)
+    return words, idf
+
+
+def tfidf_bags(texts: Iterable[str], words: dict[str, int], idf: np.ndarray) -> list[list[tuple[int, float]]]:
+    """Each text as (word id, tf-idf) pairs, L2-normalised; unknown words are dropped and a text with
+    none is ``[(0, 1.0)]``."""
+    out = []
+    for t in texts:
+        tf = Counter(words[w] for w in tokenize(t) if w in words)
+        bag = [(i, c * float(idf[i])) for i, c in sorted(tf.items())] or [(0, 1.0)]
+        norm = math.sqrt(sum(x * x for _, x in bag)) or 1.0
+        out.append([(i, x / norm) for i, x in bag])
+    return out
 
 
 def tag_name_words(name: str) -> list[str]:

@@ -163,14 +163,19 @@ def test_bilstm_models_have_their_own_epoch_cap_and_the_hybrid_takes_any_lyric_m
 
 def test_cheap_models_and_the_history_scorers_try_the_discriminant_space(task, tmp_path):
     _, snap, tags = task
-    train_models(snap, tags, tmp_path / "m", split="b", models=("psi", "control", "neighbours"), epochs=1, seed=0,
-                 device="cpu")
+    train_models(snap, tags, tmp_path / "m", split="b", models=("psi", "topics", "control", "neighbours"), epochs=1,
+                 seed=0, device="cpu")
     trained = json.loads((tmp_path / "m" / "training.json").read_text())["models"]
     tried = set(trained["psi"]["validation_mrr_by_space"])
     assert {"sqrt", "logstd"} < tried and any("+discriminant" in label for label in tried)
     assert trained["psi"]["config"]["image_repr"] in tried
     assert set(trained["control"]["validation_objective_by_space"]) == tried
     assert any("+discriminant" in key for key in trained["neighbours"]["validation_objective_by_setting"])
+    topics = trained["topics"]
+    assert {key.split(" k=")[0] for key in topics["validation_mrr_by_setting"]} == tried
+    chosen = f"{topics['config']['image_repr']} k={topics['config']['topics']} T={topics['config']['temperature']}"
+    assert topics["validation_mrr_by_setting"][chosen] == topics["best_validation_mrr"] == max(
+        topics["validation_mrr_by_setting"].values())
 
 
 def test_derangement_moves_every_lyric():
@@ -211,12 +216,13 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
         evaluations.append(stages.evaluate(settings, model["experiment_dir"]))
     first = stages.report(settings, evaluations, str(snap))
     b = evaluations[1]["models"]
-    assert set(b) == {"paper", "permuted", "attentive-reader", "psi", "minilm", "conse", "control", "neighbours",
-                      "popularity", "hybrid"}
+    assert set(b) == {"paper", "permuted", "attentive-reader", "psi", "minilm", "topics", "conse", "control",
+                      "neighbours", "popularity", "hybrid"}
     for history in ("control", "neighbours"):
         assert evaluations[0]["models"][history] == {"not_applicable": "no test song has training images in split A"}
     training = json.loads((tmp_path / "runs" / snap.name / first_key(tmp_path, snap) / "imagenet" / "split-b" / "training.json").read_text())
-    lyric = {n: r["best_validation_mrr"] for n, r in training["models"].items() if n in ("paper", "attentive-reader", "psi", "minilm")}
+    lyric = {n: r["best_validation_mrr"] for n, r in training["models"].items() if n in LYRIC_MODELS}
+    assert set(lyric) == {"paper", "attentive-reader", "psi", "minilm", "topics"}
     assert training["models"]["hybrid"]["lyric_model"] == max(lyric, key=lyric.get)  # the best lyric model on validation
     assert training["models"]["hybrid"]["bandwidth"] in BANDWIDTH_GRID
     assert training["models"]["neighbours"]["bandwidth"] in BANDWIDTH_GRID
@@ -229,7 +235,7 @@ def test_stages_train_evaluate_report_every_model(task, tmp_path):
         assert set(m["ci95"]) == set(m["model"]) and set(m["chance"]) == set(m["model"])
     md = open(first["report"]).read()
     html = open(first["report_html"]).read()
-    for text in ("lyric-free control", "MiniLM", "CONSE", "Attentive Reader", "PSI", "popularity", "permuted lyrics",
+    for text in ("lyric-free control", "MiniLM", "visual topics", "CONSE", "Attentive Reader", "PSI", "popularity", "permuted lyrics",
                  "*chance*", "split A", "split B", "image → song", "song → image", "The paper's numbers", "62.5",
                  "The hybrid against its parts", "image-history neighbours"):
         assert text in md, text

@@ -16,6 +16,7 @@ from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
 from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_neighbours  # noqa: E402
 from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
 from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
+from modeling.models.baselines.topics import TEMPERATURE_GRID, TOPIC_GRID, VisualTopics, fit_topics  # noqa: E402
 from modeling.models.hybrid import fit_hybrid, fit_weight, fuse  # noqa: E402
 from modeling.models.paper import Image2SongModel, ImageSpace  # noqa: E402
 
@@ -289,6 +290,83 @@ def test_semantic_indexing_bags_are_tfidf_and_unit_length():
     assert sum(x * x for _, x in bags[0]) == pytest.approx(1.0)
     assert bags[1] == [(0, 1.0)]
     assert psi.score(probs, ["a", "b"], ["rain", "moon"]).shape == (4, 2)
+
+
+TOPIC_WORDS = ("harbour", "orchard", "engine", "sparrow", "lantern", "glacier")
+
+
+def _topic_world(rng, n_songs: int, per_song: int, pictures: np.ndarray):
+    """Songs whose lyric names one of ``TOPIC_WORDS`` among words of their own; every image of a song
+    shows its topic's picture (a few tags) under a strong random background."""
+    tags = 40
+    topic = rng.integers(0, len(TOPIC_WORDS), n_songs)
+    texts = [" ".join([TOPIC_WORDS[t], *(f"w{rng.integers(10_000)}" for _ in range(6))]) for t in topic]
+    song_of = np.repeat(np.arange(n_songs), per_song)
+    logits = rng.normal(0, 2, (len(song_of), tags))
+    logits[:, :6] = pictures[topic[song_of]] + rng.normal(0, 0.3, (len(song_of), 6))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probs.astype(np.float32), texts, song_of
+
+
+def _median_rank(scores: np.ndarray) -> float:
+    """Median 1-based rank of song q for image q (one image per song)."""
+    return float(np.median((scores > np.diag(scores)[:, None]).sum(1) + 1))
+
+
+def test_visual_topics_find_new_songs_by_their_words_and_permuted_words_do_not():
+    rng = np.random.default_rng(0)
+    pictures = rng.normal(0, 3, (len(TOPIC_WORDS), 6))
+    probs, texts, song_of = _topic_world(rng, 60, 4, pictures)
+    new_probs, new_texts, _ = _topic_world(rng, 30, 1, pictures)  # songs never seen in training
+    space = ImageSpace.fit(probs, "logstd", True)
+    model = VisualTopics.fit(texts + new_texts, probs, [texts[k] for k in song_of], space, topics=12)
+    scores = model.score(new_probs, [f"n{k}" for k in range(30)], new_texts)
+    assert scores.shape == (30, 30) and np.isfinite(scores).all()
+    shuffled = [texts[k] for k in np.roll(np.arange(60), 1)]  # every song gets another song's words
+    permuted = VisualTopics.fit(texts + new_texts, probs, [shuffled[k] for k in song_of], space, topics=12)
+    # Chance is 15.5; the five songs of the image's topic share its words, so about 3 is the best possible.
+    assert _median_rank(scores) <= 6 < 10 <= _median_rank(permuted.score(new_probs, [], new_texts))
+    # The score is log sum_c p(c | i) q(c | s) / pi(c); a lyric of unknown words gets the topics' base rate.
+    p, q = model.image_topics(new_probs[:2]), model.song_topics(new_texts[:3])
+    np.testing.assert_allclose(np.exp(model.score(new_probs[:2], [], new_texts[:3])), (p / model.prior) @ q.T, rtol=1e-5)
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-6)
+    unknown = model.song_topics(["nothing known here", ""])
+    np.testing.assert_allclose(unknown[0], unknown[1])
+
+
+def test_visual_topics_save_plain_arrays_and_handle_tiny_or_uniform_training_sets(tmp_path):
+    from modeling.models import load_scorer, save_scorer
+
+    rng = np.random.default_rng(1)
+    pictures = rng.normal(0, 3, (len(TOPIC_WORDS), 6))
+    probs, texts, song_of = _topic_world(rng, 12, 3, pictures)
+    space = ImageSpace.fit(probs, "sqrt", True)
+    model = VisualTopics.fit(texts, probs, [texts[k] for k in song_of], space, topics=128)
+    assert model.config["topics"] == len(probs) // 2  # capped by the training set
+    again = load_scorer(save_scorer(model, tmp_path / "topics.pt"))
+    np.testing.assert_array_equal(again.score(probs, [], texts), model.score(probs, [], texts))
+    assert not any(type(v).__module__.startswith("sklearn") for v in vars(model).values())
+    same = np.repeat(probs[:1], 5, axis=0)  # one picture: a single topic, whatever the words
+    uniform = VisualTopics.fit(texts, same, texts[:5], space, topics=4)
+    assert np.isfinite(uniform.score(probs, [], texts)).all()
+    with pytest.raises(ValueError, match="two training images"):
+        VisualTopics.fit(texts, probs[:1], texts[:1], space)
+    with pytest.raises(ValueError, match="lyrics"):
+        VisualTopics.fit(texts, probs, texts[:2], space)
+
+
+def test_fit_topics_keeps_the_best_setting_on_validation():
+    rng = np.random.default_rng(2)
+    pictures = rng.normal(0, 3, (len(TOPIC_WORDS), 6))
+    probs, texts, song_of = _topic_world(rng, 40, 4, pictures)
+    val_probs, val_texts, _ = _topic_world(rng, 20, 1, pictures)
+    spaces = [ImageSpace.fit(probs, "sqrt", True), ImageSpace.fit(probs, "logstd", True)]
+    model, grid = fit_topics(texts + val_texts, probs, [texts[k] for k in song_of], spaces,
+                             lambda m: -_median_rank(m.score(val_probs, [], val_texts)), topics=(4, 8, 500))
+    # 500 is capped at 80: three topic counts per space, each with every temperature.
+    assert len(grid) == len(spaces) * 3 * len(TEMPERATURE_GRID) and TOPIC_GRID == (32, 64, 128)
+    key = f"{model.config['image_repr']} k={model.config['topics']} T={model.temperature}"
+    assert grid[key] == max(grid.values()) == -_median_rank(model.score(val_probs, [], val_texts))
 
 
 def test_hybrid_fuses_standardised_scores_and_falls_back_to_lyrics():

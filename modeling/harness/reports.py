@@ -21,11 +21,11 @@ PAPER = {  # Image2song (ICCV 2017), Table 3, obj+attr tags, image -> song
 }
 METRICS = ("R@1", "R@3", "R@5", "R@10", "R@20", "R@50", "R@100", "MedR")
 DIRECTIONS = (("image_to_song", "image → song"), ("song_to_image", "song → image"))
-MODEL_ORDER = ("paper", "hybrid", "attentive-reader", "psi", "minilm", "conse", "control", "neighbours", "popularity",
+MODEL_ORDER = ("paper", "hybrid", "attentive-reader", "psi", "minilm", "topics", "conse", "control", "neighbours", "popularity",
                "permuted")
 LABELS = {
     "paper": "paper's model (BiLSTM)", "hybrid": "hybrid (lyrics + image history)", "attentive-reader": "Attentive Reader",
-    "psi": "bag of words (PSI)", "minilm": "MiniLM + InfoNCE", "conse": "CONSE", "control": "lyric-free control",
+    "psi": "bag of words (PSI)", "minilm": "MiniLM + InfoNCE", "topics": "visual topics (bag of words)", "conse": "CONSE", "control": "lyric-free control",
     "neighbours": "image-history neighbours (no lyrics)",
     "popularity": "popularity", "permuted": "permuted lyrics (control)",
 }

@@ -7,11 +7,11 @@
 - ``permuted``: the same model trained with the lyrics permuted among the training songs (a derangement)
   and evaluated with the true lyrics: the control that must sit at chance;
 - the baselines (``models.baselines``) and the ``hybrid``: the lyric model (of those trained: the paper's,
-  the Attentive Reader, PSI, MiniLM) with the best validation MRR fused with the lyric-free image-history
+  the Attentive Reader, PSI, MiniLM, the visual topics) with the best validation MRR fused with the lyric-free image-history
   neighbours, the weight and the neighbours' image space and bandwidth fitted together on the validation
   part, to minimise the geometric mean rank (``negative_mean_log_rank``).
 
-PSI, MiniLM, the control and the neighbours are fitted in each of ``models.paper.validated_spaces`` (two
+PSI, MiniLM, the visual topics, the control and the neighbours are fitted in each of ``models.paper.validated_spaces`` (two
 tag spaces and the discriminant space learned from the training songs' images) and keep the best on
 validation; the BiLSTM models keep the default space.
 
@@ -55,7 +55,7 @@ from modeling.models import JointModule, save_scorer, score_matrix
 log = logging.getLogger(__name__)
 
 LOSSES = ("mse", "cosine", "margin", "infonce")
-LYRIC_MODELS = ("paper", "attentive-reader", "psi", "minilm")
+LYRIC_MODELS = ("paper", "attentive-reader", "psi", "minilm", "topics")
 BILSTM_MODELS = ("paper", "permuted", "attentive-reader")
 DEFAULT_MODELS = ("paper", "permuted", *BASELINES, "hybrid")
 
@@ -227,6 +227,7 @@ def train_models(
     from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_neighbours
     from modeling.models.baselines.popularity import PopularityScorer
     from modeling.models.baselines.semantic_indexing import SemanticIndexing
+    from modeling.models.baselines.topics import fit_topics
     from modeling.models.hybrid import HybridScorer, fit_hybrid
     from modeling.models.paper import PaperModel, validated_spaces
     from modeling.word_vectors import load_word_vectors
@@ -307,6 +308,14 @@ def train_models(
             return scorer
 
         train_in_each_space("minilm", minilm_in, "infonce")
+    if "topics" in models:
+        t0 = time.perf_counter()
+        fitted["topics"], grid = fit_topics(
+            all_texts, data.train.probs, data.texts(data.train.song_ids), spaces, seed=seed,
+            validate=lambda m: mean_reciprocal_rank(m.score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts),
+                                                    val_ts.relevant))
+        results["topics"] = {"best_validation_mrr": max(grid.values()), "validation_mrr_by_setting": grid,
+                             "config": fitted["topics"].config, "seconds": round(time.perf_counter() - t0, 2)}
     if "conse" in models:
         fitted["conse"] = ConseScorer.build(all_texts, data.tag_names, wv)
     # At test time a song's history is all its training images, validation ones included (no test image);

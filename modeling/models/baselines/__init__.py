@@ -7,5 +7,7 @@ song_texts)`` as the paper's model:
 - ``conse``: CONSE, pooled word vectors of the lyric against the top tags' name vectors (no training);
 - ``semantic_indexing``: bag of words, polynomial (degree-2, low-rank) supervised semantic indexing;
 - ``attentive_reader``: the Attentive Reader, attention with a learned query from the whole tag vector;
-- ``minilm``: frozen all-MiniLM-L6-v2 over lyric chunks, a learned projection of the tag vector, InfoNCE.
+- ``minilm``: frozen all-MiniLM-L6-v2 over lyric chunks, a learned projection of the tag vector, InfoNCE;
+- ``topics``: visual topics, k-means clusters of the training images and a softmax regression from the
+  lyric's bag of words to the topics of its song's images.
 """

@@ -5,15 +5,13 @@ margin ranking loss; compared by cosine like every other model."""
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from modeling.lyric_encoder import tokenize
+from modeling.lyric_encoder import tfidf_bags, tfidf_vocabulary
 from modeling.models import JointModule, score_matrix
 from modeling.models.paper import DEFAULT_CENTER, DEFAULT_IMAGE_REPR, ImageSpace
 
@@ -54,23 +52,14 @@ class SemanticIndexing:
     @classmethod
     def build(cls, texts: Sequence[str], tag_names: Sequence[str], train_probs: np.ndarray, *, dim: int = 64,
               image_space: ImageSpace | None = None, **config) -> "SemanticIndexing":
-        df = Counter(w for t in texts for w in set(tokenize(t)))
-        words = {w: i + 1 for i, w in enumerate(sorted(df))}  # 0: a lyric with no word at all
-        n = max(1, len(texts))
-        idf = np.array([0.0] + [math.log((1 + n) / (1 + df[w])) + 1.0 for w in sorted(df)], dtype=np.float32)
+        words, idf = tfidf_vocabulary(texts)
         space = image_space or ImageSpace.fit(train_probs, DEFAULT_IMAGE_REPR, DEFAULT_CENTER)
         module = SemanticIndexingModule(len(words) + 1, space.dim(len(tag_names)), space, dim)
         return cls(module, words, idf, dict(dim=dim, n_words=len(words), image_repr=space.label, **config))
 
     def prepare(self, texts: Sequence[str]) -> list[list[tuple[int, float]]]:
         """Each lyric as (word id, tf-idf) pairs, L2-normalised; words the snapshot did not have are dropped."""
-        out = []
-        for t in texts:
-            tf = Counter(self.words[w] for w in tokenize(t) if w in self.words)
-            bag = [(i, c * float(self.idf[i])) for i, c in sorted(tf.items())] or [(0, 1.0)]
-            norm = math.sqrt(sum(x * x for _, x in bag)) or 1.0
-            out.append([(i, x / norm) for i, x in bag])
-        return out
+        return tfidf_bags(texts, self.words, self.idf)
 
     def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str]) -> np.ndarray:
         return score_matrix(self.module, self.prepare(song_texts), len(song_texts), image_probs)
