@@ -6,10 +6,10 @@
   lyric of the snapshot, optional tag attention, MLP into tag space;
 - ``permuted``: the same model trained with the lyrics permuted among the training songs (a derangement)
   and evaluated with the true lyrics: the control that must sit at chance;
-- the baselines (``models.baselines``) and the ``hybrid``: the lyric model (of those trained: the paper's,
-  the Attentive Reader, PSI, MiniLM, the visual topics) with the best validation MRR fused with the lyric-free image-history
-  neighbours, the weight and the neighbours' image space and bandwidth fitted together on the validation
-  part, to minimise the geometric mean rank (``negative_mean_log_rank``).
+- the baselines (``models.baselines``) and the ``hybrid``: a lyric model (of those trained: the paper's,
+  the Attentive Reader, PSI, MiniLM, the visual topics) fused with the lyric-free image-history
+  neighbours; the lyric model, the weight and the neighbours' image space and bandwidth are fitted
+  together on the validation part, to minimise the geometric mean rank (``negative_mean_log_rank``).
 
 PSI, MiniLM, the visual topics, the control and the neighbours are fitted in each of ``models.paper.validated_spaces`` (two
 tag spaces and the discriminant space learned from the training songs' images) and keep the best on
@@ -224,7 +224,7 @@ def train_models(
     from modeling.models.baselines.conse import ConseScorer
     from modeling.models.baselines.control import ImageHistoryControl
     from modeling.models.baselines.minilm import MiniLMScorer
-    from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_neighbours
+    from modeling.models.baselines.neighbours import ImageHistoryNeighbours, fit_neighbours, setting_key
     from modeling.models.baselines.popularity import PopularityScorer
     from modeling.models.baselines.semantic_indexing import SemanticIndexing
     from modeling.models.baselines.topics import fit_topics
@@ -336,15 +336,22 @@ def train_models(
     if "popularity" in models:
         fitted["popularity"] = PopularityScorer.build(data.posts["song_id"].tolist(), data.posts["favorite_count"].fillna(0).tolist())
     if "hybrid" in models:
-        # The lyric side: the trained lyric model with the best validation MRR (the permuted control aside);
-        # the history side: image-history neighbours, their space and bandwidth fitted with the weight.
-        lyric = max((n for n in LYRIC_MODELS if n in fitted), key=lambda n: results[n]["best_validation_mrr"])
-        lyric_val = fitted[lyric].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
-        space, bandwidth, weight, grid = fit_hybrid(lyric_val, spaces, data.train.probs, data.train.song_ids,
-                                                    val_ts.image_probs, val_ts.song_ids, val_objective)
+        # The lyric side (a trained lyric model, the permuted control aside) and the history side (image-history
+        # neighbours, their space and bandwidth) are fitted with the weight, on the fused validation scores:
+        # the lyric model best alone is not always the one that adds most to a history.
+        best, by_lyric = None, {}
+        for lyric in (n for n in LYRIC_MODELS if n in fitted):
+            lyric_val = fitted[lyric].score(val_ts.image_probs, val_ts.song_ids, val_ts.song_texts)
+            space, bandwidth, weight, grid = fit_hybrid(lyric_val, spaces, data.train.probs, data.train.song_ids,
+                                                        val_ts.image_probs, val_ts.song_ids, val_objective)
+            by_lyric[lyric] = grid[setting_key(space, bandwidth)]
+            if best is None or by_lyric[lyric] > by_lyric[best[0]]:
+                best = (lyric, space, bandwidth, weight, grid)
+        lyric, space, bandwidth, weight, grid = best
         history = ImageHistoryNeighbours.build(history_probs, history_ids, space, bandwidth)
         fitted["hybrid"] = HybridScorer(fitted[lyric], history, weight)
         results["hybrid"] = {"lyric_model": lyric, "weight": weight, "image_space": space.label, "bandwidth": bandwidth,
+                             "validation_objective_by_lyric_model": by_lyric,
                              "validation_objective_by_setting": grid}
     paths = {}
     for name in models:

@@ -1,8 +1,8 @@
 """Beyond the paper: fuse the lyric model with the song's image history.
 
 ``score = w * z(lyric) + (1 - w) * z(history)``, where ``z`` standardises each image's scores over the
-candidate songs, ``lyric`` is a lyric model (the harness takes the one with the best validation score)
-and ``history`` a lyric-free image-history scorer (the harness uses ``neighbours``, a kernel density over
+candidate songs, ``lyric`` is a lyric model (the harness tries each one it trained and keeps the one
+whose fusion is best on validation) and ``history`` a lyric-free image-history scorer (the harness uses ``neighbours``, a kernel density over
 the song's training images). A song without training images (a new song, split A) has no history score:
 its history term is the average, 0, so it is scored by ``w * z(lyric)``, the lyrics alone (where every
 song is new the ranking is the lyric model's; beside songs with a history, a new song needs stronger
