@@ -16,7 +16,7 @@ from modeling.models.baselines.control import ImageHistoryControl  # noqa: E402
 from modeling.models.baselines.neighbours import BANDWIDTH_GRID, ImageHistoryNeighbours, fit_neighbours  # noqa: E402
 from modeling.models.baselines.popularity import PopularityScorer  # noqa: E402
 from modeling.models.baselines.semantic_indexing import SemanticIndexing  # noqa: E402
-from modeling.models.baselines.topics import TEMPERATURE_GRID, TOPIC_GRID, VisualTopics, fit_topics  # noqa: E402
+from modeling.models.baselines.topics import TEMPERATURE_GRID, VisualTopics, fit_topics  # noqa: E402
 from modeling.models.hybrid import fit_hybrid, fit_weight, fuse  # noqa: E402
 from modeling.models.paper import Image2SongModel, ImageSpace  # noqa: E402
 
@@ -346,6 +346,13 @@ def test_visual_topics_save_plain_arrays_and_handle_tiny_or_uniform_training_set
     again = load_scorer(save_scorer(model, tmp_path / "topics.pt"))
     np.testing.assert_array_equal(again.score(probs, [], texts), model.score(probs, [], texts))
     assert not any(type(v).__module__.startswith("sklearn") for v in vars(model).values())
+    # Two topics: the regression has one row of log-odds, and the words still pick the topic.
+    two = np.full((8, probs.shape[1]), 0.01, dtype=np.float32)
+    two[:4, 0] = two[4:, 1] = 1.0  # two clearly different pictures, four images each
+    two_texts = [texts[0]] * 4 + [texts[1]] * 4
+    pair = VisualTopics.fit(texts, two, two_texts, space, topics=2)
+    q = pair.song_topics(texts[:2])  # "lantern …" and "sparrow …"
+    assert pair.config["topics"] == 2 and q[0].argmax() != q[1].argmax()
     same = np.repeat(probs[:1], 5, axis=0)  # one picture: a single topic, whatever the words
     uniform = VisualTopics.fit(texts, same, texts[:5], space, topics=4)
     assert np.isfinite(uniform.score(probs, [], texts)).all()
@@ -364,7 +371,7 @@ def test_fit_topics_keeps_the_best_setting_on_validation():
     model, grid = fit_topics(texts + val_texts, probs, [texts[k] for k in song_of], spaces,
                              lambda m: -_median_rank(m.score(val_probs, [], val_texts)), topics=(4, 8, 500))
     # 500 is capped at 80: three topic counts per space, each with every temperature.
-    assert len(grid) == len(spaces) * 3 * len(TEMPERATURE_GRID) and TOPIC_GRID == (32, 64, 128)
+    assert len(grid) == len(spaces) * 3 * len(TEMPERATURE_GRID)
     key = f"{model.config['image_repr']} k={model.config['topics']} T={model.temperature}"
     assert grid[key] == max(grid.values()) == -_median_rank(model.score(val_probs, [], val_texts))
 

@@ -86,8 +86,10 @@ class VisualTopics:
             with warnings.catch_warnings():  # lbfgs stopping at MAX_ITER still gives a usable fit
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 regression = LogisticRegression(C=REGULARISATION, max_iter=MAX_ITER).fit(x, labels)
-            weights[regression.classes_] = regression.coef_
-            bias[regression.classes_] = regression.intercept_
+            if len(regression.classes_) == 2:  # scikit-learn keeps one row, the second class's log-odds
+                weights[regression.classes_[1]], bias[regression.classes_] = regression.coef_[0], (0.0, regression.intercept_[0])
+            else:
+                weights[regression.classes_], bias[regression.classes_] = regression.coef_, regression.intercept_
         else:  # one topic holds every image: the prediction is that topic, whatever the words
             bias[present] = 0.0
         prior = np.bincount(labels, minlength=k).astype(np.float64) / len(labels)
