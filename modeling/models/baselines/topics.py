@@ -74,7 +74,10 @@ class VisualTopics:
             raise ValueError("visual topics need at least two training images")
         vectors = _unit(space.transform(np.asarray(train_probs)))
         k = max(2, min(int(topics), len(vectors) // 2))
-        kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
+        with warnings.catch_warnings():
+            # Fewer distinct images than topics leaves some topics empty: they get no prior and no prediction.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            kmeans = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(vectors)
         labels = kmeans.labels_
         k = int(kmeans.cluster_centers_.shape[0])
         words, idf = tfidf_vocabulary(texts)
