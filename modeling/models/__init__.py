@@ -86,6 +86,12 @@ def rowwise_standardize(scores: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / np.maximum(s.std(1, keepdims=True), 1e-12)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (a zero row stays zero)."""
+    x = np.asarray(x)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def save_scorer(scorer, path) -> "Path":
     """Write a fitted model (any scorer of this package) to one file, atomically."""
     import os

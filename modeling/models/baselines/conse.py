@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from modeling.lyric_encoder import Vocabulary, tag_embedding_matrix
+from modeling.models import unit_rows
 
 TOP_TAGS = 10
 
@@ -40,7 +41,4 @@ class ConseScorer:
         return out
 
     def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str]) -> np.ndarray:
-        def unit(x):
-            return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-        return unit(self.image_vectors(image_probs)) @ unit(self.song_vectors(song_texts)).T
+        return unit_rows(self.image_vectors(image_probs)) @ unit_rows(self.song_vectors(song_texts)).T

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from modeling.models import unit_rows
 from modeling.models.paper import ImageSpace
 
 
@@ -26,7 +27,7 @@ class ImageHistoryControl:
 
     def score(self, image_probs: np.ndarray, song_ids: Sequence[str], song_texts: Sequence[str] | None = None) -> np.ndarray:
         img = self.space.transform(image_probs)
-        img = img / np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
+        img = unit_rows(img)
         songs = np.full((len(song_ids), img.shape[1]), np.nan, dtype=np.float32)
         for j, s in enumerate(song_ids):
             if s in self.history:

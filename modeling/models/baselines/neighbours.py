@@ -17,15 +17,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from modeling.models import unit_rows
 from modeling.models.paper import ImageSpace
 
 BANDWIDTH_GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_BANDWIDTH = 0.1
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class ImageHistoryNeighbours:
@@ -43,12 +39,12 @@ class ImageHistoryNeighbours:
         ids = np.asarray(song_ids)
         order = np.argsort(ids, kind="stable")
         songs, starts = np.unique(ids[order], return_index=True)
-        vectors = _unit(space.transform(np.asarray(probs)[order])) if len(order) else np.zeros((0, 0), np.float32)
+        vectors = unit_rows(space.transform(np.asarray(probs)[order])) if len(order) else np.zeros((0, 0), np.float32)
         return cls(space, songs.tolist(), vectors, np.append(starts, len(order)), bandwidth)
 
     def similarities(self, image_probs: np.ndarray) -> np.ndarray:
         """Cosine [I, N] between the images and every history image (computed once per bandwidth fit)."""
-        return _unit(self.space.transform(np.asarray(image_probs))) @ self.vectors.T
+        return unit_rows(self.space.transform(np.asarray(image_probs))) @ self.vectors.T
 
     def score_from(self, sims: np.ndarray, song_ids: Sequence[str], bandwidth: float | None = None) -> np.ndarray:
         b = self.bandwidth if bandwidth is None else float(bandwidth)

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from modeling.lyric_encoder import tfidf_bags, tfidf_vocabulary
+from modeling.models import unit_rows
 from modeling.models.paper import ImageSpace
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ REGULARISATION = 1.0  # scikit-learn's C: the inverse L2 strength of the softmax
 MAX_ITER = 500
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def topic_count(topics: int, n_images: int) -> int:
+    """The topics a fit makes: ``topics``, at most half the training images, at least 2."""
+    return max(2, min(int(topics), n_images // 2))
 
 
 def _bag_matrix(bags: list[list[tuple[int, float]]], n_words: int):
@@ -72,8 +73,8 @@ class VisualTopics:
             raise ValueError(f"{len(train_probs)} training images but {len(train_song_texts)} song lyrics")
         if len(train_probs) < 2:
             raise ValueError("visual topics need at least two training images")
-        vectors = _unit(space.transform(np.asarray(train_probs)))
-        k = max(2, min(int(topics), len(vectors) // 2))
+        vectors = unit_rows(space.transform(np.asarray(train_probs)))
+        k = topic_count(topics, len(vectors))
         with warnings.catch_warnings():
             # Fewer distinct images than topics leaves some topics empty: they get no prior and no prediction.
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -98,11 +99,11 @@ class VisualTopics:
         prior = np.bincount(labels, minlength=k).astype(np.float64) / len(labels)
         config = dict(topics=k, temperature=float(temperature), image_repr=space.label, n_words=len(words),
                       regularisation=REGULARISATION, seed=seed)
-        return cls(space, _unit(kmeans.cluster_centers_), prior, weights, bias, words, idf, temperature, config)
+        return cls(space, unit_rows(kmeans.cluster_centers_.astype(np.float32)), prior, weights, bias, words, idf, temperature, config)
 
     def image_topics(self, image_probs: np.ndarray) -> np.ndarray:
         """p(c | i) [I, k]."""
-        z = _unit(self.space.transform(np.asarray(image_probs))) @ self.centres.T / self.temperature
+        z = unit_rows(self.space.transform(np.asarray(image_probs))) @ self.centres.T / self.temperature
         z = np.exp(z - z.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
@@ -127,13 +128,9 @@ def fit_topics(texts: Sequence[str], train_probs: np.ndarray, train_song_texts: 
     only changes scoring, so each space and ``k`` is fitted once."""
     best, grid = None, {}
     for space in spaces:
-        fitted_ks = set()
-        for k in topics:
+        for k in dict.fromkeys(topic_count(k, len(train_probs)) for k in topics):  # capped alike: fitted once
             t0 = time.perf_counter()
             model = VisualTopics.fit(texts, train_probs, train_song_texts, space, topics=k, seed=seed)
-            if model.config["topics"] in fitted_ks:  # capped by a small training set: already tried
-                continue
-            fitted_ks.add(model.config["topics"])
             for t in temperatures:
                 model.temperature = float(t)
                 value = grid[f"{space.label} k={model.config['topics']} T={t}"] = float(validate(model))
